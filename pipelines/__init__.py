@@ -1,0 +1,1 @@
+"""The Dagster code location of peelscan: definitions, partitions, jobs, schedules, sensors."""
