@@ -194,6 +194,31 @@ class Store:
                 self.fs.rm(p, recursive=recursive)
         with_retries(_rm, self.display(*parts))
 
+    def content_version(self, *parts: str) -> str:
+        """A short hash of everything under ``parts`` (names, sizes, mtimes/ETags), recursive.
+
+        It changes when a file is added, removed or rewritten; the landing sensor and the
+        nightly schedule compare it with the version a lot was last ingested or trained on."""
+        import hashlib
+
+        base = self.path(*parts)
+        def _find() -> dict[str, Any]:
+            try:
+                self.fs.invalidate_cache(base)
+            except Exception:  # noqa: BLE001
+                pass
+            if not self.fs.exists(base):
+                return {}
+            return self.fs.find(base, detail=True)
+        found = with_retries(_find, self.display(*parts))
+        h = hashlib.sha256()
+        for path in sorted(found):
+            e = found[path]
+            rel = path[len(base):]
+            version = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or ""
+            h.update(f"{rel}\0{e.get('size')}\0{version}\n".encode())
+        return h.hexdigest()[:16]
+
     # -- atomic Parquet datasets -----------------------------------------------------------
     def dataset_dir(self, lot_id: str, name: str) -> tuple[str, str]:
         return validate_id(lot_id, "lot id"), validate_id(name, "dataset name")
