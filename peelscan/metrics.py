@@ -1,0 +1,937 @@
+"""The thirteen image-similarity measures between an input tile and its reconstruction.
+
+Every measure has one signature::
+
+    fn(x, y, data_range: float = 1.0) -> np.ndarray  # shape (N,), float64
+
+``x`` is the input tile batch, ``y`` the reconstruction, both ``(N, H, W)`` (a single
+``(H, W)`` tile is accepted as ``N = 1``) numpy arrays or torch tensors of real numbers in
+intensity units where ``data_range`` is the width of the value range (1.0 for tiles scaled to
+[0, 1], 255 for 8-bit, 4095 for 12-bit). float64 inputs are computed in float64; every other
+dtype is computed in float32 (the pipeline's tiles), with reductions in float64. The output is
+always a float64 numpy array of length N, finite for every finite input (see
+``docs/metrics.md`` for the table of edge cases: flat, identical, offset and tiny tiles).
+
+``MEASURES`` maps the names ``se imed ssim zncc gmsd rmse psnr fsim issm sre sam uiq sh`` to a
+:class:`Measure` (function, direction, reference); :func:`anomaly_score` is the single place
+where a natural value becomes an anomaly score (higher = more anomalous);
+:func:`compute_measures` computes several measures on one batch, sharing the intermediate
+maps (differences, local moments, spectra) and working in cache-sized chunks.
+
+References are given in each function's docstring. Torch is used on the CPU with the caller's
+thread settings (``torch.get_num_threads()``); nothing here changes them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "MEASURE_NAMES",
+    "MEASURES",
+    "Measure",
+    "anomaly_score",
+    "compute_measures",
+    "fsim",
+    "gmsd",
+    "imed",
+    "issm",
+    "phase_congruency",
+    "psnr",
+    "rmse",
+    "sam",
+    "se",
+    "sh",
+    "sre",
+    "ssim",
+    "uiq",
+    "zncc",
+    "canny_edges",
+]
+
+ArrayLike = "np.ndarray | torch.Tensor"
+
+MEASURE_NAMES: tuple[str, ...] = (
+    "se", "imed", "ssim", "zncc", "gmsd", "rmse", "psnr", "fsim", "issm", "sre", "sam", "uiq", "sh",
+)
+
+#: Ratio measures (PSNR, SRE) floor the mean squared error (and SRE the squared mean) at
+#: ``(DB_FLOOR * data_range) ** 2``: identical tiles give a finite 200 dB instead of +inf.
+DB_FLOOR = 1e-10
+
+# FSIM constants (Zhang et al. 2011, and the authors' FeatureSIM.m / phasecong2.m)
+_FSIM_SCALES = 4
+_FSIM_ORIENTATIONS = 4
+_FSIM_MIN_WAVELENGTH = 6.0
+_FSIM_MULT = 2.0
+_FSIM_SIGMA_ONF = 0.55
+_FSIM_DTHETA_ON_SIGMA = 1.2
+_FSIM_K = 2.0
+_FSIM_T1 = 0.85
+_FSIM_T2 = 160.0
+
+# SSIM constants (Wang et al. 2004)
+_SSIM_SIGMA = 1.5
+_SSIM_RADIUS = 5  # scipy.ndimage: int(truncate * sigma + 0.5) with truncate 3.5 -> 11x11 window
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
+
+_UIQ_WINDOW = 8
+_GMSD_T = 170.0 / 255.0**2
+_SH_BINS = 32
+_ISSM_A, _ISSM_B, _ISSM_C = 0.3, 0.5, 0.7
+_ISSM_HIST_BINS = 10
+_CANNY_LOW, _CANNY_HIGH = 100, 200
+
+
+# --------------------------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _to_tensor(a: object, what: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+    elif isinstance(a, np.ndarray):
+        if a.dtype == np.float16 or a.dtype.kind in "biu":
+            a = a.astype(np.float32)
+        if a.dtype.kind not in "f":
+            raise TypeError(f"metrics: {what} must be a real numeric array, got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    else:
+        raise TypeError(f"metrics: {what} must be a numpy array or torch tensor, got {type(a).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"metrics: {what} must be real, got {t.dtype}")
+    if t.dtype != torch.float64:
+        t = t.to(torch.float32)
+    return t
+
+
+def _prepare(x: object, y: object, data_range: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Validate and convert a pair of tile batches to ``(N, H, W)`` tensors of one dtype."""
+    xt = _to_tensor(x, "x (input tiles)")
+    yt = _to_tensor(y, "y (reconstructions)")
+    if xt.ndim == 2:
+        xt = xt.unsqueeze(0)
+    if yt.ndim == 2:
+        yt = yt.unsqueeze(0)
+    if xt.ndim != 3 or yt.ndim != 3:
+        raise ValueError(
+            f"metrics: x and y must have shape (N, H, W) or (H, W), got {tuple(xt.shape)} and {tuple(yt.shape)}"
+        )
+    if xt.shape != yt.shape:
+        raise ValueError(f"metrics: x and y shapes differ: {tuple(xt.shape)} vs {tuple(yt.shape)}")
+    if xt.shape[1] < 1 or xt.shape[2] < 1:
+        raise ValueError(f"metrics: tiles must be at least 1x1, got {tuple(xt.shape[1:])}")
+    dt = torch.float64 if (xt.dtype == torch.float64 or yt.dtype == torch.float64) else torch.float32
+    xt = xt.to(dt).contiguous()
+    yt = yt.to(dt).contiguous()
+    if not bool(torch.isfinite(xt).all()):
+        raise ValueError("metrics: x (input tiles) contains NaN or inf")
+    if not bool(torch.isfinite(yt).all()):
+        raise ValueError("metrics: y (reconstructions) contains NaN or inf")
+    dr = float(data_range)
+    if not math.isfinite(dr) or dr <= 0:
+        raise ValueError(f"metrics: data_range must be a positive finite number, got {data_range!r}")
+    return xt, yt, dr
+
+
+# --------------------------------------------------------------------------------------------
+# cached constant operators (per size and dtype)
+# --------------------------------------------------------------------------------------------
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple, object] = {}
+
+
+def _cached(key: tuple, build: Callable[[], object]) -> object:
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is None:
+        hit = build()
+        with _cache_lock:
+            _cache.setdefault(key, hit)
+            hit = _cache[key]
+    return hit
+
+
+def _symmetric_index(i: int, n: int) -> int:
+    """scipy.ndimage 'reflect' (half-sample symmetric, d c b a | a b c d) index for any i."""
+    period = 2 * n
+    i = i % period
+    return i if i < n else period - 1 - i
+
+
+def _ssim_matrix(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n) matrix applying the 11-tap Gaussian (sigma 1.5) with scipy 'reflect' edges,
+    keeping only the rows skimage keeps after cropping 5 px (all rows if n < 11)."""
+
+    def build() -> torch.Tensor:
+        r = _SSIM_RADIUS
+        taps = np.exp(-0.5 * (np.arange(-r, r + 1) / _SSIM_SIGMA) ** 2)
+        taps /= taps.sum()
+        full = np.zeros((n, n))
+        for i in range(n):
+            for k, w in zip(range(-r, r + 1), taps):
+                full[i, _symmetric_index(i + k, n)] += w
+        rows = full[r : n - r] if n >= 2 * r + 1 else full
+        return torch.from_numpy(np.ascontiguousarray(rows)).to(dtype)
+
+    return _cached(("ssim", n, dtype), build)  # type: ignore[return-value]
+
+
+def _box_matrix(n: int, window: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n - w + 1, n) matrix of 'valid' sliding means of width w = min(window, n)."""
+
+    def build() -> torch.Tensor:
+        w = min(window, n)
+        m = np.zeros((n - w + 1, n))
+        for i in range(n - w + 1):
+            m[i, i : i + w] = 1.0 / w
+        return torch.from_numpy(m).to(dtype)
+
+    return _cached(("box", n, window, dtype), build)  # type: ignore[return-value]
+
+
+def _imed_matrix(n: int) -> torch.Tensor:
+    """1-D factor of the IMED metric matrix: g[i, j] = exp(-(i-j)^2 / 2) / sqrt(2 pi) (sigma 1)."""
+
+    def build() -> torch.Tensor:
+        d = np.arange(n)[:, None] - np.arange(n)[None, :]
+        return torch.from_numpy(np.exp(-0.5 * d**2) / math.sqrt(2 * math.pi))
+
+    return _cached(("imed", n), build)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _PCFilters:
+    filters: torch.Tensor  # (O*S, H, W) real, orientation-major, zero frequency at [0, 0]
+    alpha: torch.Tensor  # (O,) noise threshold T = alpha_o * sqrt(median |EO_o,0|^2)
+
+
+def _pc_filters(h: int, w: int, dtype: torch.dtype) -> _PCFilters:
+    """Log-Gabor filter bank of phasecong2 as used by FSIM (4 scales x 4 orientations), built in
+    float64 exactly as the authors' FeatureSIM.m (and piq) do, plus the per-orientation noise
+    constants that depend only on the filters."""
+
+    def build() -> _PCFilters:
+        S, O = _FSIM_SCALES, _FSIM_ORIENTATIONS
+
+        def axis(n: int) -> np.ndarray:
+            if n % 2:
+                return np.arange(-(n - 1) / 2, n / 2) / max(n - 1, 1)
+            return np.arange(-n / 2, n / 2) / n
+
+        gx, gy = np.meshgrid(axis(h), axis(w), indexing="ij")
+        radius = np.sqrt(gx**2 + gy**2)
+        theta = np.arctan2(-gy, gx)
+        lp = np.fft.ifftshift(1.0 / (1.0 + (radius / 0.45) ** 30))
+        radius = np.fft.ifftshift(radius)
+        theta = np.fft.ifftshift(theta)
+        radius[0, 0] = 1.0
+        sin_t, cos_t = np.sin(theta), np.cos(theta)
+        log_gabor = []
+        for s in range(S):
+            f0 = 1.0 / (_FSIM_MIN_WAVELENGTH * _FSIM_MULT**s)
+            g = np.exp(-(np.log(radius / f0) ** 2) / (2 * math.log(_FSIM_SIGMA_ONF) ** 2)) * lp
+            g[0, 0] = 0.0
+            log_gabor.append(g)
+        theta_sigma = math.pi / O / _FSIM_DTHETA_ON_SIGMA
+        filt = np.empty((O, S, h, w))
+        for o in range(O):
+            ang = o * math.pi / O
+            ds = sin_t * math.cos(ang) - cos_t * math.sin(ang)
+            dc = cos_t * math.cos(ang) + sin_t * math.sin(ang)
+            spread = np.exp(-(np.arctan2(ds, dc) ** 2) / (2 * theta_sigma**2))
+            for s in range(S):
+                filt[o, s] = spread * log_gabor[s]
+        # noise model constants (phasecong2): spatial filters and their (cross) energies
+        spatial = np.real(np.fft.ifft2(filt, axes=(-2, -1))) * math.sqrt(h * w)
+        sum_an2 = (spatial**2).sum(axis=(1, 2, 3))
+        sum_ai_aj = np.zeros(O)
+        for s in range(S - 1):
+            sum_ai_aj += (spatial[:, s : s + 1] * spatial[:, s + 1 :]).sum(axis=(1, 2, 3))
+        em_n = (filt[:, 0] ** 2).sum(axis=(1, 2))
+        # noise_power = median / ln 2 / em_n; energy2 = noise_power * (2 sum_an2 + 4 sum_ai_aj)
+        # tau = sqrt(energy2 / 2); T = (tau sqrt(pi/2) + k sqrt(2 - pi/2) tau) / 1.7
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k_o = (2 * sum_an2 + 4 * sum_ai_aj) / em_n
+        k_o = np.where(np.isfinite(k_o) & (k_o > 0), k_o, 0.0)
+        c = (math.sqrt(math.pi / 2) + _FSIM_K * math.sqrt(2 - math.pi / 2)) / 1.7
+        alpha = np.sqrt(k_o / (2 * math.log(2))) * c
+        return _PCFilters(
+            torch.from_numpy(filt.reshape(O * S, h, w)).to(dtype).contiguous(),
+            torch.from_numpy(alpha).to(dtype),
+        )
+
+    return _cached(("pc", h, w, dtype), build)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks shared between measures
+# --------------------------------------------------------------------------------------------
+
+
+def _phase_congruency(img: torch.Tensor) -> torch.Tensor:
+    """Phase congruency (phasecong2, Kovesi 1999/2003 as used in FSIM) of a (B, H, W) batch on a
+    0-255 intensity scale. Returns (B, H, W) in [0, 1]."""
+    B, H, W = img.shape
+    dt = img.dtype
+    eps = torch.finfo(dt).eps
+    pcf = _pc_filters(H, W, dt)
+    O, S = _FSIM_ORIENTATIONS, _FSIM_SCALES
+    spec = torch.fft.fft2(img)  # (B, H, W) complex
+    eo = torch.fft.ifft2(spec.unsqueeze(1) * pcf.filters)  # (B, O*S, H, W) complex
+    eo = eo.view(B, O, S, H, W)
+    eo_r = torch.view_as_real(eo)  # (B, O, S, H, W, 2)
+    an2 = eo_r.square().sum(-1)  # |EO|^2, (B, O, S, H, W)
+    an_sum = an2.sqrt().sum(dim=(1, 2))  # (B, H, W)
+    # noise threshold from the median squared response at the finest scale (lower median, as
+    # torch.median / piq)
+    n = H * W
+    med = an2[:, :, 0].reshape(B, O, n).kthvalue((n - 1) // 2 + 1, dim=-1).values  # (B, O)
+    thresh = (med.sqrt() * pcf.alpha).view(B, O, 1, 1)
+    sum_eo = eo.sum(dim=2)  # (B, O, H, W) complex
+    mean_dir = sum_eo / (sum_eo.abs() + eps)
+    p = torch.view_as_real(eo * mean_dir.conj().unsqueeze(2))  # (B, O, S, H, W, 2)
+    energy = (p[..., 0] - p[..., 1].abs()).sum(dim=2)  # (B, O, H, W)
+    energy = (energy - thresh).clamp_min_(0).sum(dim=1)  # (B, H, W)
+    return (energy + eps) / (an_sum + eps)
+
+
+def _scharr_magnitude(img: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude with the Scharr kernel /16 and zero padding (FeatureSIM.m, piq)."""
+    k = torch.tensor([[-3.0, 0.0, 3.0], [-10.0, 0.0, 10.0], [-3.0, 0.0, 3.0]], dtype=img.dtype) / 16
+    kernels = torch.stack([k, k.t()]).unsqueeze(1)
+    g = F.conv2d(img.unsqueeze(1), kernels, padding=1)
+    return g.square().sum(1).sqrt()
+
+
+def _prewitt_magnitude(img: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude with the Prewitt kernel /3 and zero padding (GMSD.m, piq)."""
+    k = torch.tensor([[-1.0, 0.0, 1.0]] * 3, dtype=img.dtype) / 3
+    kernels = torch.stack([k, k.t()]).unsqueeze(1)
+    g = F.conv2d(img.unsqueeze(1), kernels, padding=1)
+    return g.square().sum(1).sqrt()
+
+
+def canny_edges(img_u8: torch.Tensor, low: int = _CANNY_LOW, high: int = _CANNY_HIGH) -> torch.Tensor:
+    """Canny edge map of a batch of 8-bit images, as OpenCV's ``cv2.Canny(img, low, high)``
+    (3x3 Sobel with replicated borders, L1 magnitude, OpenCV's fixed-point non-maximum
+    suppression, hysteresis over 8-neighbours). Canny, "A computational approach to edge
+    detection", IEEE TPAMI 8(6), 1986.
+
+    Args:
+        img_u8: (N, H, W) integer-valued tensor in 0..255 (any dtype).
+        low, high: hysteresis thresholds on the L1 Sobel magnitude.
+
+    Returns:
+        (N, H, W) bool edge map.
+    """
+    img = img_u8.to(torch.float32).unsqueeze(1)
+    N, _, H, W = img.shape
+    p = F.pad(img, (1, 1, 1, 1), mode="replicate")[:, 0]
+    dx = (p[:, 0:H, 2:] + 2 * p[:, 1 : H + 1, 2:] + p[:, 2:, 2:]) - (
+        p[:, 0:H, 0:W] + 2 * p[:, 1 : H + 1, 0:W] + p[:, 2:, 0:W]
+    )
+    dy = (p[:, 2:, 0:W] + 2 * p[:, 2:, 1 : W + 1] + p[:, 2:, 2:]) - (
+        p[:, 0:H, 0:W] + 2 * p[:, 0:H, 1 : W + 1] + p[:, 0:H, 2:]
+    )
+    dx = dx.to(torch.int32)
+    dy = dy.to(torch.int32)
+    ax, ay = dx.abs(), dy.abs()
+    mag = ax + ay
+    mp = F.pad(mag, (1, 1, 1, 1))  # zeros outside, as OpenCV's magnitude buffer
+    c = mp[:, 1:-1, 1:-1]
+    tg22 = ax * 13573  # round(tan(22.5 deg) * 2^15)
+    yv = ay * 32768
+    horiz = yv < tg22
+    vert = yv > tg22 + ax * 65536
+    same_sign = (dx ^ dy) >= 0
+    nms_h = (c > mp[:, 1:-1, :-2]) & (c >= mp[:, 1:-1, 2:])
+    nms_v = (c > mp[:, :-2, 1:-1]) & (c >= mp[:, 2:, 1:-1])
+    nms_d = torch.where(
+        same_sign,
+        (c > mp[:, :-2, :-2]) & (c > mp[:, 2:, 2:]),
+        (c > mp[:, :-2, 2:]) & (c > mp[:, 2:, :-2]),
+    )
+    nms = torch.where(horiz, nms_h, torch.where(vert, nms_v, nms_d))
+    cand = nms & (mag > int(low))
+    edge = cand & (mag > int(high))
+    candf = cand.unsqueeze(1)
+    while True:
+        grown = F.max_pool2d(edge.unsqueeze(1).to(torch.float32), 3, stride=1, padding=1) > 0
+        new = (grown & candf).squeeze(1) | edge
+        if bool((new == edge).all()):
+            return edge
+        edge = new
+
+
+class _Batch:
+    """One chunk of tile pairs with lazily computed shared intermediates."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, data_range: float) -> None:
+        self.x, self.y, self.dr = x, y, data_range
+        self.n, self.h, self.w = x.shape
+        self._memo: dict[str, object] = {}
+
+    def _get(self, key: str, fn: Callable[[], object]) -> object:
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    # pixel-wise -------------------------------------------------------------------------
+    @property
+    def x64(self) -> torch.Tensor:
+        return self._get("x64", lambda: self.x.to(torch.float64))  # type: ignore[return-value]
+
+    @property
+    def y64(self) -> torch.Tensor:
+        return self._get("y64", lambda: self.y.to(torch.float64))  # type: ignore[return-value]
+
+    @property
+    def diff(self) -> torch.Tensor:
+        return self._get("diff", lambda: self.x64 - self.y64)  # type: ignore[return-value]
+
+    @property
+    def sse(self) -> torch.Tensor:
+        return self._get("sse", lambda: self.diff.square().sum(dim=(1, 2)))  # type: ignore[return-value]
+
+    @property
+    def mse(self) -> torch.Tensor:
+        return self.sse / (self.h * self.w)
+
+    @property
+    def flat_x(self) -> torch.Tensor:
+        return self._get("flat_x", lambda: self.x.amax(dim=(1, 2)) == self.x.amin(dim=(1, 2)))  # type: ignore
+
+    @property
+    def flat_y(self) -> torch.Tensor:
+        return self._get("flat_y", lambda: self.y.amax(dim=(1, 2)) == self.y.amin(dim=(1, 2)))  # type: ignore
+
+    # local moments -------------------------------------------------------------------------
+    def _moments(self, key: str, mh: torch.Tensor, mw: torch.Tensor, dtype: torch.dtype):
+        def build():
+            x = self.x.to(dtype)
+            y = self.y.to(dtype)
+            # centre on the tile mean of x: the moments are shift-invariant and cancellation in
+            # E[x^2] - E[x]^2 stays small in float32
+            c = x.mean(dim=(1, 2), keepdim=True)
+            xc, yc = x - c, y - c
+            st = torch.stack([xc, yc, xc * xc, yc * yc, xc * yc])  # (5, N, H, W)
+            f = torch.matmul(torch.matmul(mh.to(dtype), st), mw.to(dtype).t())
+            mx, my = f[0], f[1]
+            vx = f[2] - mx * mx
+            vy = f[3] - my * my
+            cxy = f[4] - mx * my
+            return mx + c, my + c, vx, vy, cxy
+
+        return self._get(key, build)
+
+    @property
+    def ssim_map(self) -> torch.Tensor:
+        def build():
+            dt = self.x.dtype
+            ux, uy, vx, vy, cxy = self._moments(
+                "gauss", _ssim_matrix(self.h, dt), _ssim_matrix(self.w, dt), dt
+            )
+            c1 = (_SSIM_K1 * self.dr) ** 2
+            c2 = (_SSIM_K2 * self.dr) ** 2
+            return ((2 * ux * uy + c1) * (2 * cxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+        return self._get("ssim_map", build)  # type: ignore[return-value]
+
+    @property
+    def ssim(self) -> torch.Tensor:
+        return self._get("ssim", lambda: self.ssim_map.to(torch.float64).mean(dim=(1, 2)))  # type: ignore
+
+    # FSIM ----------------------------------------------------------------------------------
+    def _fsim_inputs(self):
+        def build():
+            k = max(1, round(min(self.h, self.w) / 256))
+            both = torch.cat([self.x, self.y]) * (255.0 / self.dr)
+            if k > 1:
+                both = F.avg_pool2d(both.unsqueeze(1), k).squeeze(1)
+            return both
+
+        return self._get("fsim_in", build)
+
+    @property
+    def pc(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def build():
+            pcs = _phase_congruency(self._fsim_inputs())  # type: ignore[arg-type]
+            return pcs[: self.n], pcs[self.n :]
+
+        return self._get("pc", build)  # type: ignore[return-value]
+
+    @property
+    def scharr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def build():
+            g = _scharr_magnitude(self._fsim_inputs())  # type: ignore[arg-type]
+            return g[: self.n], g[self.n :]
+
+        return self._get("scharr", build)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# the measures (internal, on a _Batch)
+# --------------------------------------------------------------------------------------------
+
+
+def _se(b: _Batch) -> torch.Tensor:
+    return b.sse
+
+
+def _rmse(b: _Batch) -> torch.Tensor:
+    return b.mse.sqrt()
+
+
+def _floor(b: _Batch) -> float:
+    return (DB_FLOOR * b.dr) ** 2
+
+
+def _psnr(b: _Batch) -> torch.Tensor:
+    return 10.0 * torch.log10(b.dr**2 / b.mse.clamp_min(_floor(b)))
+
+
+def _sre(b: _Batch) -> torch.Tensor:
+    mu2 = b.x64.mean(dim=(1, 2)).square()
+    return 10.0 * torch.log10(mu2.clamp_min(_floor(b)) / b.mse.clamp_min(_floor(b)))
+
+
+def _imed(b: _Batch) -> torch.Tensor:
+    gh, gw = _imed_matrix(b.h), _imed_matrix(b.w)
+    e = b.diff
+    d2 = (e * torch.matmul(torch.matmul(gh, e), gw)).sum(dim=(1, 2))
+    return d2.clamp_min(0.0).sqrt()
+
+
+def _zncc(b: _Batch) -> torch.Tensor:
+    xc = b.x64 - b.x64.mean(dim=(1, 2), keepdim=True)
+    yc = b.y64 - b.y64.mean(dim=(1, 2), keepdim=True)
+    sx = xc.square().sum(dim=(1, 2)).sqrt()
+    sy = yc.square().sum(dim=(1, 2)).sqrt()
+    fx, fy = b.flat_x, b.flat_y
+    den = torch.where(fx | fy, torch.ones_like(sx), sx * sy)
+    r = ((xc * yc).sum(dim=(1, 2)) / den).clamp(-1.0, 1.0)
+    r = torch.where(fx | fy, torch.zeros_like(r), r)
+    return torch.where(fx & fy, torch.ones_like(r), r)
+
+
+def _sam(b: _Batch) -> torch.Tensor:
+    nx = b.x64.square().sum(dim=(1, 2)).sqrt()
+    ny = b.y64.square().sum(dim=(1, 2)).sqrt()
+    zx, zy = nx == 0, ny == 0
+    ux = b.x64 / torch.where(zx, torch.ones_like(nx), nx).view(-1, 1, 1)
+    uy = b.y64 / torch.where(zy, torch.ones_like(ny), ny).view(-1, 1, 1)
+    a = 2.0 * torch.atan2((ux - uy).square().sum(dim=(1, 2)).sqrt(), (ux + uy).square().sum(dim=(1, 2)).sqrt())
+    a = torch.where(zx ^ zy, torch.full_like(a, math.pi / 2), a)
+    return torch.where(zx & zy, torch.zeros_like(a), a)
+
+
+def _ssim(b: _Batch) -> torch.Tensor:
+    return b.ssim
+
+
+def _uiq(b: _Batch) -> torch.Tensor:
+    dt = torch.float64
+    mx, my, vx, vy, cxy = b._moments(
+        "box8", _box_matrix(b.h, _UIQ_WINDOW, dt), _box_matrix(b.w, _UIQ_WINDOW, dt), dt
+    )
+    # Wang & Bovik's img_qi.m, with "== 0" read as "below float64 round-off of the moments"
+    tol_v = 1e-14 * b.dr**2
+    tol_m = 1e-28 * b.dr**2
+    d1 = vx + vy
+    d2 = mx * mx + my * my
+    z1 = d1 <= tol_v
+    z2 = d2 <= tol_m
+    one = torch.ones_like(d1)
+    q = torch.where(~z1 & ~z2, 4 * cxy * mx * my / torch.where(z1 | z2, one, d1 * d2), one)
+    q = torch.where(z1 & ~z2, 2 * mx * my / torch.where(z2, one, d2), q)
+    q = torch.where(~z1 & z2, 2 * cxy / torch.where(z1, one, d1), q)
+    return q.mean(dim=(1, 2))
+
+
+def _gmsd(b: _Batch) -> torch.Tensor:
+    both = torch.cat([b.x, b.y]) / b.dr
+    pad = max(b.h % 2, b.w % 2)
+    if pad:
+        both = F.pad(both, (0, pad, 0, pad))
+    both = F.avg_pool2d(both.unsqueeze(1), 2, stride=2).squeeze(1)
+    g = _prewitt_magnitude(both)
+    gx, gy = g[: b.n], g[b.n :]
+    gms = (2 * gx * gy + _GMSD_T) / (gx * gx + gy * gy + _GMSD_T)
+    gms = gms.to(torch.float64)
+    return gms.std(dim=(1, 2), unbiased=False)
+
+
+def _fsim(b: _Batch) -> torch.Tensor:
+    pcx, pcy = b.pc
+    gx, gy = b.scharr
+    s_pc = (2 * pcx * pcy + _FSIM_T1) / (pcx * pcx + pcy * pcy + _FSIM_T1)
+    s_g = (2 * gx * gy + _FSIM_T2) / (gx * gx + gy * gy + _FSIM_T2)
+    pc_max = torch.maximum(pcx, pcy).to(torch.float64)
+    s_l = (s_pc * s_g).to(torch.float64)
+    num = (s_l * pc_max).sum(dim=(1, 2))
+    den = pc_max.sum(dim=(1, 2))
+    # no phase congruency anywhere in either tile: weight all pixels equally
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), s_l.mean(dim=(1, 2)))
+
+
+def _joint_entropy_counts(b: _Batch) -> torch.Tensor:
+    """-sum(c log2 c) over the 10x10 joint histogram counts c (numpy.histogram2d defaults:
+    each axis spans that tile's own min..max, a flat tile spans value +- 0.5)."""
+    nb = _ISSM_HIST_BINS
+    x = b.x64.reshape(b.n, -1)
+    y = b.y64.reshape(b.n, -1)
+
+    def bins(v: torch.Tensor) -> torch.Tensor:
+        lo, hi = v.amin(dim=1), v.amax(dim=1)
+        flat = lo == hi
+        lo = torch.where(flat, lo - 0.5, lo)
+        hi = torch.where(flat, hi + 0.5, hi)
+        step = (hi - lo) / nb
+        edges = lo[:, None] + torch.arange(nb + 1, dtype=v.dtype) * step[:, None]
+        edges[:, -1] = hi
+        idx = torch.searchsorted(edges.contiguous(), v.contiguous(), right=True) - 1
+        idx = torch.where(v == hi[:, None], torch.full_like(idx, nb - 1), idx)
+        return idx.clamp_(0, nb - 1)
+
+    flat_idx = bins(x) * nb + bins(y) + (torch.arange(b.n) * nb * nb)[:, None]
+    counts = torch.bincount(flat_idx.reshape(-1), minlength=b.n * nb * nb).reshape(b.n, nb * nb)
+    c = counts.to(torch.float64)
+    return -(c * torch.log2(c.clamp_min(1.0))).sum(dim=1)
+
+
+def _edge_correlation(b: _Batch) -> torch.Tensor:
+    """Pearson correlation of the two Canny edge maps; both maps constant: 1 if equal else 0."""
+    scale = 4095.0 * 0.0625  # image-similarity-measures assumes 12-bit data and takes x / 16
+    both = torch.cat([b.x64, b.y64]) / b.dr * scale
+    u8 = torch.trunc(both).clamp_(0, 255)
+    e = canny_edges(u8).to(torch.float64)
+    g, h = e[: b.n], e[b.n :]
+    gc = g - g.mean(dim=(1, 2), keepdim=True)
+    hc = h - h.mean(dim=(1, 2), keepdim=True)
+    den = (gc.square().sum(dim=(1, 2)) * hc.square().sum(dim=(1, 2))).sqrt()
+    num = (gc * hc).sum(dim=(1, 2))
+    ok = den > 0
+    r = num / torch.where(ok, den, torch.ones_like(den))
+    same = (g == h).all(dim=2).all(dim=1)
+    return torch.where(ok, r, same.to(torch.float64))
+
+
+def _issm(b: _Batch) -> torch.Tensor:
+    ehs = _joint_entropy_counts(b)
+    rho = _edge_correlation(b)
+    s = b.ssim
+    e = math.e
+    num = rho * ehs * (_ISSM_A + _ISSM_B) + e
+    den = _ISSM_A * rho * ehs + _ISSM_B * ehs + _ISSM_C * s + e
+    ok = den.abs() > 1e-9
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
+def _sh(b: _Batch) -> torch.Tensor:
+    nb = _SH_BINS
+
+    def hist(v: torch.Tensor) -> torch.Tensor:
+        idx = torch.floor(v.reshape(b.n, -1).to(torch.float64) / b.dr * nb).clamp_(0, nb - 1).long()
+        idx = idx + (torch.arange(b.n) * nb)[:, None]
+        return torch.bincount(idx.reshape(-1), minlength=b.n * nb).reshape(b.n, nb)
+
+    hx, hy = hist(b.x), hist(b.y)
+    return torch.minimum(hx, hy).sum(dim=1).to(torch.float64) / (b.h * b.w)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+_IMPL: dict[str, Callable[[_Batch], torch.Tensor]] = {
+    "se": _se, "imed": _imed, "ssim": _ssim, "zncc": _zncc, "gmsd": _gmsd, "rmse": _rmse,
+    "psnr": _psnr, "fsim": _fsim, "issm": _issm, "sre": _sre, "sam": _sam, "uiq": _uiq, "sh": _sh,
+}
+
+
+def _chunk_size(h: int, w: int, names: Iterable[str]) -> int:
+    """Tiles per chunk: FSIM's (2 x 16) complex responses stay near 32 MiB, others 64 MiB."""
+    if "fsim" in names:
+        per_pair = 2 * 16 * h * w * 8 * 3
+        return max(1, (32 << 20) // per_pair)
+    return max(1, (64 << 20) // (h * w * 8 * 12))
+
+
+def compute_measures(
+    x: "np.ndarray | torch.Tensor",
+    y: "np.ndarray | torch.Tensor",
+    data_range: float = 1.0,
+    names: Iterable[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Compute several similarity measures between input tiles and their reconstructions.
+
+    Intermediates are computed once per chunk and shared: the float64 difference image (SE,
+    RMSE, PSNR, SRE, IMED), the Gaussian local moments (SSIM and the SSIM term of ISSM), the
+    spectra and log-Gabor responses of x and y in one FFT batch (FSIM's phase congruency) and
+    FSIM's gradient maps. The batch is processed in chunks sized to stay in cache.
+
+    Args:
+        x: input tiles, (N, H, W) (or (H, W)) numpy array or CPU tensor, intensity units.
+        y: reconstructions, same shape.
+        data_range: width of the intensity range (1.0 for [0, 1] tiles).
+        names: measures to compute (default: all thirteen, in ``MEASURE_NAMES`` order).
+
+    Returns:
+        ``{name: float64 array of shape (N,)}`` with each measure's natural value.
+    """
+    wanted = list(MEASURE_NAMES if names is None else names)
+    unknown = [n for n in wanted if n not in _IMPL]
+    if unknown:
+        raise KeyError(f"metrics: unknown measure(s) {unknown}; known: {list(MEASURE_NAMES)}")
+    xt, yt, dr = _prepare(x, y, data_range)
+    n, h, w = xt.shape
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in wanted}
+    step = _chunk_size(h, w, wanted)
+    with torch.no_grad():
+        for i in range(0, n, step):
+            b = _Batch(xt[i : i + step], yt[i : i + step], dr)
+            for k in wanted:
+                out[k].append(_IMPL[k](b).to(torch.float64))
+    res: dict[str, np.ndarray] = {}
+    for k in wanted:
+        v = torch.cat(out[k]).numpy() if out[k] else np.zeros(0, dtype=np.float64)
+        if not np.isfinite(v).all():  # an invariant of this module, never expected
+            raise FloatingPointError(f"metrics: {k} produced a non-finite value")
+        res[k] = v
+    return res
+
+
+def _single(name: str) -> Callable[..., np.ndarray]:
+    def fn(x, y, data_range: float = 1.0) -> np.ndarray:
+        return compute_measures(x, y, data_range, names=[name])[name]
+
+    return fn
+
+
+def se(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Sum of squared errors ``sum((x - y)^2)`` over each tile, in squared intensity units.
+
+    "SE" in the research's list is read as the squared error summed over the tile (the
+    unnormalised form of MSE; RMSE covers the normalised one). ``data_range`` is not used.
+    Identical tiles give 0. Lower is more similar.
+    """
+    return _single("se")(x, y, data_range)
+
+
+def rmse(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Root mean squared error ``sqrt(mean((x - y)^2))`` in intensity units (equals
+    ``sqrt(skimage.metrics.mean_squared_error)``; not skimage's ``normalized_root_mse``).
+    ``data_range`` is not used. Lower is more similar."""
+    return _single("rmse")(x, y, data_range)
+
+
+def psnr(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Peak signal-to-noise ratio ``10 log10(data_range^2 / MSE)`` in dB (as
+    ``skimage.metrics.peak_signal_noise_ratio``). MSE is floored at ``(1e-10 data_range)^2`` so
+    identical tiles give 200 dB, not inf. Higher is more similar."""
+    return _single("psnr")(x, y, data_range)
+
+
+def sre(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Signal-to-reconstruction error ratio ``10 log10(mean(x)^2 / MSE)`` in dB.
+
+    Lanaras, Bioucas-Dias, Galliani, Baltsavias, Schindler, "Super-resolution of Sentinel-2
+    images: learning a globally applicable deep neural network", ISPRS J. 146, 2018 (eq. 10:
+    ``SRE = 10 log10(mu_x^2 / (||x_hat - x||^2 / n))``). image-similarity-measures divides the
+    unsquared norm by n, which is not the paper's formula. Both mean^2 and MSE are floored at
+    ``(1e-10 data_range)^2`` (finite for identical or black tiles). Higher is more similar.
+    """
+    return _single("sre")(x, y, data_range)
+
+
+def imed(x, y, data_range: float = 1.0) -> np.ndarray:
+    """IMage Euclidean Distance, Wang, Zhang, Feng, "On the Euclidean distance of images",
+    IEEE TPAMI 27(8), 2005: ``sqrt(sum_ij g_ij (x_i - y_i)(x_j - y_j))`` with
+    ``g_ij = exp(-|P_i - P_j|^2 / 2) / (2 pi)`` (sigma = 1 pixel).
+
+    ``G`` is separable (a row and a column Gaussian), so ``e^T G e = sum(e * (G_r e G_c))``:
+    the standardising transform as two small matrix products, exact (no truncation), O(n^1.5)
+    instead of O(n^2). In intensity units; ``data_range`` is not used. Lower is more similar.
+    """
+    return _single("imed")(x, y, data_range)
+
+
+def zncc(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Zero-normalised cross-correlation (Pearson correlation of the pixels), in [-1, 1].
+
+    A flat tile has no structure to correlate: both flat -> 1, one flat -> 0. Invariant to a
+    constant offset. ``data_range`` is not used. Higher is more similar.
+    """
+    return _single("zncc")(x, y, data_range)
+
+
+def sam(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Spectral angle mapper: the angle in radians between the two tiles as vectors (Kruse et
+    al., "The spectral image processing system (SIPS)", Remote Sens. Environ. 44, 1993),
+    computed as ``2 atan2(|u - v|, |u + v|)`` on unit vectors (accurate near 0). Both tiles zero
+    -> 0, one zero -> pi/2. ``data_range`` is not used. Lower is more similar."""
+    return _single("sam")(x, y, data_range)
+
+
+def ssim(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Structural similarity, Wang, Bovik, Sheikh, Simoncelli, "Image quality assessment: from
+    error visibility to structural similarity", IEEE TIP 13(4), 2004: 11x11 Gaussian window
+    (sigma 1.5), K1 0.01, K2 0.03, population covariances, mean over the map without its 5-px
+    border. Equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=data_range)``; tiles under 11 px (which skimage
+    refuses) are averaged over the whole map. Higher is more similar (1 = identical)."""
+    return _single("ssim")(x, y, data_range)
+
+
+def uiq(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Universal image quality index, Wang & Bovik, "A universal image quality index", IEEE SPL
+    9(3), 2002: ``Q = 4 s_xy m_x m_y / ((s_x^2 + s_y^2)(m_x^2 + m_y^2))`` on every 8x8 window
+    (stride 1, inside the tile), averaged. Degenerate windows follow the authors' img_qi.m: no
+    variance in either -> ``2 m_x m_y / (m_x^2 + m_y^2)``; both means zero -> ``2 s_xy /
+    (s_x^2 + s_y^2)``; both -> 1. Tiles under 8 px use one window of the tile's size. Higher
+    is more similar (1 = identical)."""
+    return _single("uiq")(x, y, data_range)
+
+
+def gmsd(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Gradient magnitude similarity deviation, Xue, Zhang, Mou, Bovik, "Gradient magnitude
+    similarity deviation: a highly efficient perceptual image quality index", IEEE TIP 23(2),
+    2014, as ``piq.gmsd``: scale to [0, 1], zero-pad odd sizes, 2x2 average pooling, Prewitt/3
+    gradients with zero padding, ``GMS = (2 g_x g_y + c) / (g_x^2 + g_y^2 + c)`` with
+    ``c = 170/255^2``, population standard deviation of GMS. Lower is more similar."""
+    return _single("gmsd")(x, y, data_range)
+
+
+def fsim(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Feature similarity index (greyscale), Zhang, Zhang, Mou, Zhang, "FSIM: a feature
+    similarity index for image quality assessment", IEEE TIP 20(8), 2011, as the authors'
+    FeatureSIM.m and ``piq.fsim(chromatic=False)``: scale to 0..255, average-pool by
+    ``max(1, round(min(H, W) / 256))``, phase congruency (phasecong2: 4 scales from wavelength 6,
+    x2, sigma_f 0.55, 4 orientations, dTheta/sigma 1.2, k 2) from cached log-Gabor filters and
+    one batched FFT, Scharr gradient magnitude, T1 0.85, T2 160,
+    ``FSIM = sum(S_PC S_G PC_max) / sum(PC_max)``. If no pixel of either tile has phase
+    congruency (sum PC_max = 0) the pixels are weighted equally. Higher is more similar."""
+    return _single("fsim")(x, y, data_range)
+
+
+def issm(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Information theoretic-based statistic similarity measure, Aljanabi, Hussain, Shnain, Lu,
+    "Design of a hybrid measure for image similarity: a statistical, algebraic, and
+    information-theoretic approach", Eur. J. Remote Sens. 52(sup4), 2019, in the form of
+    image-similarity-measures 0.3.6 ``issm``::
+
+        ISSM = (rho EHS (A + B) + e) / (A rho EHS + B EHS + C SSIM + e),  A, B, C = .3, .5, .7
+
+    EHS = -sum(c log2 c) over the 10x10 joint histogram counts of x and y; rho = correlation of
+    the two Canny edge maps (OpenCV Canny, thresholds 100/200, on the tile mapped to 12 bits
+    and divided by 16 as the library does, i.e. ``trunc(x / data_range * 4095 / 16)``);
+    SSIM = :func:`ssim` (Wang et al.'s Gaussian form, shared with SSIM, where the library uses
+    skimage's 7x7 defaults). Where the library returns 0 because rho is NaN (an edge map with no
+    edges), rho is defined: two equal edge maps correlate 1, otherwise 0. A vanishing
+    denominator (possible only on tiles of a few dozen pixels) gives 0. Higher is more similar.
+    """
+    return _single("issm")(x, y, data_range)
+
+
+def sh(x, y, data_range: float = 1.0) -> np.ndarray:
+    """Histogram similarity: the histogram intersection of Swain & Ballard, "Color indexing",
+    IJCV 7(1), 1991, ``sum_k min(h_x[k], h_y[k]) / n`` over 32 equal bins on
+    [0, data_range] (values outside are counted in the end bins). In [0, 1]; 1 = same grey-level
+    distribution. See docs/metrics.md for why "SH" is read this way. Higher is more similar."""
+    return _single("sh")(x, y, data_range)
+
+
+def phase_congruency(x, data_range: float = 1.0) -> np.ndarray:
+    """Phase congruency map of each tile as FSIM uses it (Kovesi's phasecong2 with FSIM's
+    parameters, on the tile scaled to 0..255, after FSIM's average pooling).
+
+    Args:
+        x: (N, H, W) or (H, W) tiles.
+        data_range: width of the intensity range.
+
+    Returns:
+        (N, H', W') float64 array in [0, 1] (H' = H unless min(H, W) >= 384).
+    """
+    xt, _, dr = _prepare(x, x, data_range)
+    with torch.no_grad():
+        b = _Batch(xt, xt, dr)
+        return _phase_congruency(b._fsim_inputs()[: b.n]).to(torch.float64).numpy()  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A registered measure.
+
+    Attributes:
+        name: short name (``MEASURE_NAMES``).
+        fn: ``fn(x, y, data_range=1.0) -> (N,) float64``.
+        higher_is_similar: direction of the natural value.
+        reference: the paper or definition it follows.
+        best: the natural value of identical tiles for bounded similarity measures (1.0), else
+            None; :func:`anomaly_score` returns ``best - value`` for those.
+    """
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    higher_is_similar: bool
+    reference: str
+    best: float | None = None
+
+
+MEASURES: dict[str, Measure] = {
+    "se": Measure("se", se, False, "sum of squared errors"),
+    "imed": Measure("imed", imed, False, "Wang, Zhang, Feng 2005, IEEE TPAMI 27(8)"),
+    "ssim": Measure("ssim", ssim, True, "Wang, Bovik, Sheikh, Simoncelli 2004, IEEE TIP 13(4)", 1.0),
+    "zncc": Measure("zncc", zncc, True, "zero-normalised cross-correlation (Pearson)", 1.0),
+    "gmsd": Measure("gmsd", gmsd, False, "Xue, Zhang, Mou, Bovik 2014, IEEE TIP 23(2)"),
+    "rmse": Measure("rmse", rmse, False, "root mean squared error"),
+    "psnr": Measure("psnr", psnr, True, "peak signal-to-noise ratio, dB"),
+    "fsim": Measure("fsim", fsim, True, "Zhang, Zhang, Mou, Zhang 2011, IEEE TIP 20(8)", 1.0),
+    "issm": Measure("issm", issm, True, "Aljanabi, Hussain, Shnain, Lu 2019, Eur. J. Remote Sens. 52"),
+    "sre": Measure("sre", sre, True, "Lanaras et al. 2018, ISPRS J. 146, dB"),
+    "sam": Measure("sam", sam, False, "spectral angle mapper, Kruse et al. 1993, radians"),
+    "uiq": Measure("uiq", uiq, True, "Wang & Bovik 2002, IEEE SPL 9(3)", 1.0),
+    "sh": Measure("sh", sh, True, "histogram intersection, Swain & Ballard 1991, IJCV 7(1)", 1.0),
+}
+
+
+def anomaly_score(name: str, values: "np.ndarray | torch.Tensor | Iterable[float]") -> np.ndarray:
+    """Turn a measure's natural values into anomaly scores (higher = more anomalous).
+
+    The single place that converts: distances (SE, IMED, GMSD, RMSE, SAM) are returned as
+    they are; bounded similarities (SSIM, ZNCC, FSIM, UIQ, SH) as ``1 - value``; unbounded
+    similarities (PSNR, SRE in dB, ISSM) as ``-value``. Every conversion is strictly decreasing
+    in similarity, so ROC curves are unchanged.
+
+    Args:
+        name: a key of ``MEASURES``.
+        values: natural values, any shape.
+
+    Returns:
+        float64 array of the same shape.
+    """
+    if name not in MEASURES:
+        raise KeyError(f"metrics: unknown measure {name!r}; known: {list(MEASURE_NAMES)}")
+    m = MEASURES[name]
+    if isinstance(values, torch.Tensor):
+        v = values.detach().cpu().to(torch.float64).numpy()
+    else:
+        v = np.asarray(values, dtype=np.float64)
+    if not m.higher_is_similar:
+        return v.copy()
+    if m.best is not None:
+        return m.best - v
+    return -v
