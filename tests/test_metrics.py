@@ -163,7 +163,7 @@ def test_psnr_rmse_se_match_skimage():
         [peak_signal_noise_ratio(a, b, data_range=4095) for a, b in zip(x * 4095, y * 4095)],
         atol=1e-10,
     )
-    np.testing.assert_allclose(M.rmse(x, y), [math.sqrt(mean_squared_error(a, b)) for a, b in zip(x, y)], atol=1e-14)
+    np.testing.assert_allclose(M.rmse(x, y), [math.sqrt(mean_squared_error(a, b)) for a, b in zip(x, y)], atol=1e-12)
     np.testing.assert_allclose(M.se(x, y), ((x - y) ** 2).sum(axis=(1, 2)), rtol=1e-12)
 
 
@@ -256,11 +256,11 @@ def _uiq_brute(a: np.ndarray, b: np.ndarray, win: int = 8) -> float:
             vu, vv = u.var(), v.var()
             cuv = ((u - mu) * (v - mv)).mean()
             d1, d2 = vu + vv, mu * mu + mv * mv
-            if d1 < 1e-14 and d2 > 0:
+            if d1 < 1e-12 and d2 > 0:
                 q = 2 * mu * mv / d2
-            elif d1 >= 1e-14 and d2 == 0:
+            elif d1 >= 1e-12 and d2 == 0:
                 q = 2 * cuv / d1
-            elif d1 >= 1e-14:
+            elif d1 >= 1e-12:
                 q = 4 * cuv * mu * mv / (d1 * d2)
             else:
                 q = 1.0
