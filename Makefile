@@ -10,7 +10,7 @@ export PEELSCAN_HOME ?= $(CURDIR)/var
 export DAGSTER_HOME ?= $(PEELSCAN_HOME)/dagster
 # reference implementations for tests and benchmarks only: piq's __init__ needs torchvision,
 # which breaks beside the CPU torch, so it is installed without its dependencies
-PIQ := piq==0.8.0
+PIQ := piq==0.8.0 image-similarity-measures==0.3.6
 
 .PHONY: venv demo test ui bench clean audit
 
