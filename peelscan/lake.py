@@ -89,11 +89,14 @@ def url_to_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     """
     opts = dict(storage_options or {})
     if uri.startswith("s3://"):
-        opts.setdefault("config_kwargs", {"retries": {"max_attempts": 3, "mode": "standard"}})
+        # one retry layer that we control (with_retries); botocore and s3fs try little themselves
+        opts.setdefault("config_kwargs", {"retries": {"max_attempts": 2, "mode": "standard"}})
         # a fresh instance: s3fs caches listings otherwise, and new landing files must be seen
         opts.setdefault("skip_instance_cache", True)
         opts.setdefault("use_listings_cache", False)
     fs, root = fsspec.core.url_to_fs(uri, **opts)
+    if hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs's own loop (5 by default) would multiply with ours
     return fs, root.rstrip("/")
 
 
