@@ -230,10 +230,7 @@ def _fill_columns(offset: np.ndarray, att: np.ndarray, cfg: PreprocessConfig) ->
     else:
         out[bad] = 0.0
     # fixed-pattern gain of the filled columns: how much each column sits above its neighbours
-    corrected = att - out[None, :]
-    k = max(3, cfg.stripe_window_px | 1)
-    smooth = ndimage.median_filter(corrected, size=(1, k), mode="nearest")
-    stripe = np.median(corrected - smooth, axis=0)
+    stripe = column_stripes(att - out[None, :], cfg)
     out[bad] += stripe[bad]
     return out
 
@@ -252,14 +249,74 @@ def _fill_rows(offset: np.ndarray) -> np.ndarray:
 
 def background_mask(att: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Pixels of an (approximately corrected) attenuation image that show open beam: below the
-    object threshold and farther than ``object_margin_px`` from an object pixel. bool (H, W)."""
+    object threshold (after a 3x3 opening of the object pixels, so that lone noise pixels and
+    one-column stripes do not count) and farther than ``object_margin_px`` from an object
+    pixel. bool (H, W).
     sigma = estimate_noise(att)
     thr = max(cfg.background_threshold, cfg.background_sigmas * sigma)
-    obj = att > thr
+    # an object is a blob: a 3x3 opening drops lone noise pixels and one-column stripes left by
+    # a mis-estimated gain, which would otherwise hide their whole column (and its neighbours)
+    obj = ndimage.binary_opening(att > thr, structure=np.ones((3, 3), dtype=bool))
     m = int(cfg.object_margin_px)
     if m > 0 and obj.any():
         obj = ndimage.maximum_filter(obj, size=2 * m + 1, mode="nearest")
     return ~obj
+
+
+def column_stripes(att: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The fixed-pattern (high-frequency) part of the per-column offsets [nepers], shape (W,):
+    the median over all rows of each column's deviation from a median filter of width
+    ``stripe_window_px`` across columns. Objects are smooth at the scale of a few pixels and
+    the gain pattern is the same in every row, so this works in columns an object covers too
+    (stripe removal; Vo, Atwood & Drakopoulos, Opt. Express 26, 2018)."""
+    k = max(3, cfg.stripe_window_px | 1)
+    smooth = ndimage.median_filter(att, size=(1, k), mode="nearest")
+    return np.median(att - smooth, axis=0)
+
+
+def _smooth_fit(values: np.ndarray, keep: np.ndarray, degree: int) -> np.ndarray:
+    x = np.arange(values.size) / max(1, values.size - 1)
+    coef = np.polynomial.polynomial.polyfit(x[keep], values[keep], degree)
+    return np.polynomial.polynomial.polyval(x, coef)
+
+
+def rough_column_offsets(att: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """First per-column offset estimate [nepers] without any background mask.
+
+    The fixed-pattern part comes from :func:`column_stripes`; on the destriped image the 5th
+    percentile of each column is the open-beam level where at least 5% of the column is
+    background. Where it sits clearly *above* a smooth robust fit across columns (degree
+    ``heel_degree``; one-sided clipping at max(3 MAD-sigma, ``background_threshold``),
+    iterated), an object covers the column and the fit is used instead."""
+    w = att.shape[1]
+    stripe = column_stripes(att, cfg)
+    low = np.percentile(att - stripe[None, :], 5, axis=0)
+    if w < cfg.heel_degree + 3:
+        return low + stripe
+    # lower envelope first (ModPoly: Lieber & Mahadevan-Jansen, Appl. Spectrosc. 57, 2003):
+    # values above the fit are replaced by it, so object columns stop pulling the fit up
+    env = low.copy()
+    all_cols = np.ones(w, dtype=bool)
+    for _ in range(50):
+        fit = _smooth_fit(env, all_cols, cfg.heel_degree)
+        new_env = np.minimum(env, fit)
+        if np.allclose(new_env, env, atol=1e-6):
+            break
+        env = new_env
+    # spread of the column levels around the envelope (MAD; objects cover a minority of columns)
+    res0 = low - fit
+    sigma = 1.4826 * float(np.median(np.abs(res0 - np.median(res0))))
+    thr = max(4.0 * sigma, cfg.background_threshold)
+    keep = (low - fit) < thr + 2.0 * sigma  # the envelope lies ~2 sigma under the mean
+    for _ in range(3):
+        if keep.sum() < cfg.heel_degree + 2:
+            break
+        fit = _smooth_fit(low, keep, cfg.heel_degree)
+        new_keep = (low - fit) < thr
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return np.where(keep, low, fit) + stripe
 
 
 def correct_offsets(att: np.ndarray, cfg: PreprocessConfig, rough: bool
@@ -275,7 +332,7 @@ def correct_offsets(att: np.ndarray, cfg: PreprocessConfig, rough: bool
     col = np.zeros(w)
     row = np.zeros(h)
     if rough:
-        col = np.percentile(att, 5, axis=0)
+        col = rough_column_offsets(att, cfg)
         if cfg.row_correction:
             row = np.percentile(att - col[None, :], 5, axis=1)
     min_col = min(cfg.min_background_px, h)
