@@ -251,7 +251,7 @@ def background_mask(att: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Pixels of an (approximately corrected) attenuation image that show open beam: below the
     object threshold (after a 3x3 opening of the object pixels, so that lone noise pixels and
     one-column stripes do not count) and farther than ``object_margin_px`` from an object
-    pixel. bool (H, W).
+    pixel. bool (H, W)."""
     sigma = estimate_noise(att)
     thr = max(cfg.background_threshold, cfg.background_sigmas * sigma)
     # an object is a blob: a 3x3 opening drops lone noise pixels and one-column stripes left by
