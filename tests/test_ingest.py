@@ -390,3 +390,18 @@ def test_oversized_file_is_refused_from_its_listed_size(tmp_path):
     ing = ingest_lot(Store(str(tmp_path)), "lot-F", limits=ImageLimits(max_bytes=2000))
     assert [s.scan_id for s in ing.scans] == ["small"]
     assert "exceeds the limit of 2000 bytes (not read)" in ing.quarantine[0].reason
+
+
+def test_ingest_reads_only_through_the_store():
+    """No local-file shortcut that S3 would not take: no os/pathlib/open in peelscan.ingest."""
+    import ast
+
+    import peelscan.ingest as mod
+
+    tree = ast.parse(Path(mod.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(n.split(".")[0] in ("os", "pathlib", "glob", "shutil") for n in names), names
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id != "open"
