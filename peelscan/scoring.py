@@ -85,16 +85,6 @@ def score_tiles(model: Any, tiles: np.ndarray, names: Iterable[str] | None = Non
     return {k: (np.concatenate(v) if v else np.zeros(0, np.float64)) for k, v in parts.items()}
 
 
-def _natural_from_anomaly(metric: str, a: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`peelscan.metrics.anomaly_score` (every conversion is invertible)."""
-    m = MEASURES[metric]
-    if not m.higher_is_similar:
-        return a.copy()
-    if m.best is not None:
-        return m.best - a
-    return -a
-
-
 def aggregate(tile_scores: pd.DataFrame, metric: str, rule: str = "max", k: int = 3, q: float = 0.95,
               all_items: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Aggregate one measure's tile scores to item and scan scores.
