@@ -8,7 +8,6 @@
 - ``items`` segments every object (:func:`peelscan.segment.segment_items`) -> ``<lot>/items``.
 """
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 
@@ -88,9 +87,8 @@ def raw_scans(context: AssetExecutionContext, config: IngestConfig, scan_store: 
                                       scans_df["label"].fillna("unlabelled").value_counts().items()}
                                      if len(scans_df) else {}),
     }
-    if ing.n_files != len(rows) + ing.n_quarantine_files():
-        raise RuntimeError(f"lot {lot}: {ing.n_files} files but {len(rows)} scans + "
-                           f"{ing.n_quarantine_files()} quarantined files")
+    ing.check_counts()  # every file is a scan, a calibration/label/mask file, or quarantined
+    meta["accounting"] = MetadataValue.json(ing.accounting())
     return MaterializeResult(metadata=meta)
 
 

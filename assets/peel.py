@@ -5,7 +5,6 @@ into tiles (:func:`peelscan.peel.peel_scan`) and written to ``<lot>/tiles``; eac
 and resized, goes to ``<lot>/whole`` for the whole-image baseline arm.
 """
 
-from __future__ import annotations
 
 from collections import defaultdict
 

@@ -8,7 +8,6 @@ to *current* (the one scoring uses) only if it reconstructs the held-out good ti
 than the model it replaces, within a margin.
 """
 
-from __future__ import annotations
 
 import time
 from datetime import datetime, timezone

@@ -6,7 +6,6 @@ the ``lots`` partitions itself. ``run_key = "<lot>:<scheduled date>"``: one run 
 night, even if the tick is retried.
 """
 
-from __future__ import annotations
 
 import os
 

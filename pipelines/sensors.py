@@ -7,7 +7,6 @@ content never runs twice. Folder names that are not valid lot ids are reported a
 never used as a path or a partition key.
 """
 
-from __future__ import annotations
 
 import json
 

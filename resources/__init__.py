@@ -10,7 +10,6 @@ Defaults come from the environment variables of shared/DESIGN.md (:func:`peelsca
 Credentials are never fields of these resources: s3fs reads the standard AWS variables.
 """
 
-from __future__ import annotations
 
 import contextlib
 import os
@@ -59,7 +58,7 @@ class DaskResource(ConfigurableResource):
     n_workers: int = 0  # 0 = number of CPU cores
 
     @contextlib.contextmanager
-    def client(self) -> Iterator["distributed.Client"]:  # noqa: F821
+    def client(self) -> Iterator:
         from distributed import Client, LocalCluster
 
         if self.address:
