@@ -405,3 +405,45 @@ def test_ingest_reads_only_through_the_store():
             assert not any(n.split(".")[0] in ("os", "pathlib", "glob", "shutil") for n in names), names
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id != "open"
+
+
+# ---------------------------------------------------------------------------------------------
+# lots written by peelscan.synth (the landing contract), with bad files dropped in
+
+
+@pytest.mark.parametrize("png8", [False, True])
+def test_synth_lot_with_bad_files_added(tmp_path, png8):
+    from peelscan.preprocess import preprocess_scan
+    from peelscan.synth import write_landing
+
+    landing = tmp_path / "landing"
+    (lot,) = write_landing(str(landing), lots=1, scans=8, anomaly_rate=0.5, seed=3, size=96, png8=png8)
+    folder = landing / lot
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    some_scan = next(n for n in written if n.startswith("scan-"))
+    data = (folder / some_scan).read_bytes()
+    _write(folder, "scan-trunc." + some_scan.rsplit(".", 1)[1], data[: len(data) // 3])
+    _write(folder, "scan bad.tif", data)
+    _write(folder, "masks/scan-9999.png", encode_png(np.zeros((96, 96), np.uint8)))
+    (folder / "labels.csv").write_text((folder / "labels.csv").read_text() + "scan-9999,good,\nscan-0000,ok,\n")
+    ing = ingest_lot(Store(str(landing)), lot)
+    ing.check_counts()
+    assert ing.n_files == len(written) + 3
+    assert len(ing.scans) == 8
+    assert {q.source_uri.rsplit("/", 1)[1] for q in ing.quarantine if q.is_file} == {
+        "scan-trunc." + some_scan.rsplit(".", 1)[1], "scan bad.tif", "scan-9999.png"}
+    rows = sorted(q.reason for q in ing.quarantine if not q.is_file)
+    assert len(rows) == 2
+    assert any("'scan-9999', which does not exist" in r for r in rows)
+    assert any("unknown label 'ok' for scan 'scan-0000'" in r for r in rows)
+    anomalous = [s for s in ing.scans if s.label == "anomalous"]
+    assert len(anomalous) == 4 and all(s.split == "eval" and s.defect_type and s.mask is not None for s in anomalous)
+    assert all(s.label == "good" and s.mask is None for s in ing.scans if s not in anomalous)
+    if png8:
+        assert ing.dark is None and ing.flat is None and {s.dtype for s in ing.scans} == {"uint8"}
+    else:
+        assert ing.dark is not None and ing.flat is not None and {s.dtype for s in ing.scans} == {"uint16"}
+    cal = ing.calibration_frames()
+    dark, flat = cal.get("dark", (None,))[0], cal.get("flat", (None,))[0]
+    kinds = {preprocess_scan(s.array, dark, flat).calibration for s in ing.scans}
+    assert kinds == ({"pre-corrected"} if png8 else {"frames"})

@@ -246,3 +246,50 @@ def test_empty_frame_is_all_background():
     p = preprocess_scan(raw)
     assert p.calibration == "self" and float(p.attenuation.max()) < 0.02
     assert p.background.mean() > 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# the same, on peelscan.synth's physically modelled machines (polychromatic spectrum with beam
+# hardening, module gain pattern, heel, motion blur, dark per column, read noise)
+
+
+@pytest.mark.parametrize("with_frames", [False, True])
+@pytest.mark.parametrize("phantom_seed", [5, 6])
+def test_two_synth_machines_give_the_same_attenuation(with_frames, phantom_seed):
+    import dataclasses
+
+    from scipy import ndimage
+
+    from peelscan import synth
+
+    shape = (192, 192)
+    ph = synth.make_phantom(np.random.default_rng(phantom_seed), shape, 0.5, n_objects=2, defect="stone")
+    m1 = synth.machine_for_lot(np.random.default_rng(1), shape[1])
+    m2 = synth.machine_for_lot(np.random.default_rng(2), shape[1])
+    # the two machines differ in everything the preprocessing must remove
+    assert abs(m2.source_counts / m1.source_counts - 1) > 0.2
+    assert np.abs(m1.column_gain - m2.column_gain).max() > 0.02
+    assert not np.allclose(synth.heel_profile(m1), synth.heel_profile(m2), atol=0.02)
+    cfg = PreprocessConfig()
+    out = []
+    for k, m in enumerate((m1, m2)):
+        rng = np.random.default_rng(20 + k)
+        raw = synth.render_counts(ph, m, rng)
+        if with_frames:
+            p = preprocess_scan(raw, synth.render_dark(m, rng, (32, shape[1])), synth.render_flat(m, rng, (32, shape[1])), cfg)
+        else:
+            p = preprocess_scan(raw, None, None, cfg)
+        assert p.calibration == ("frames" if with_frames else "self")
+        out.append(p.attenuation)
+    inside = ph.object_mask
+    background = ~ndimage.binary_dilation(inside, iterations=3)
+    d = np.abs(out[0] - out[1])
+    assert float(d[inside].mean()) < TOL_OBJECT, float(d[inside].mean())
+    assert float(d[background].mean()) < TOL_BACKGROUND, float(d[background].mean())
+    # and a machine with the same spectrum and blur as m1 agrees more closely still
+    m3 = dataclasses.replace(m2, spectrum=m1.spectrum.copy(), motion_blur_px=m1.motion_blur_px)
+    raw3 = synth.render_counts(ph, m3, np.random.default_rng(23))
+    p3 = preprocess_scan(raw3, None, None, cfg) if not with_frames else preprocess_scan(
+        raw3, synth.render_dark(m3, np.random.default_rng(24), (32, shape[1])),
+        synth.render_flat(m3, np.random.default_rng(25), (32, shape[1])), cfg)
+    assert float(np.abs(out[0] - p3.attenuation)[inside].mean()) < TOL_OBJECT / 2

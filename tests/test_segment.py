@@ -110,3 +110,32 @@ def test_bad_input_and_config():
         SegmentConfig(method="magic")
     cfg = SegmentConfig(min_area_px=50)
     assert SegmentConfig.from_dict({**cfg.as_dict(), "future": 1}) == cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# on peelscan.synth frames: irregular tubers with defects, raw counts of a random machine
+
+
+@pytest.mark.parametrize("seed", [0, 4, 5, 9])
+@pytest.mark.parametrize("n, touching", [(3, False), (2, True), (1, False)])
+def test_synth_frames_give_one_item_per_tuber(seed, n, touching):
+    from peelscan import synth
+
+    machine = synth.machine_for_lot(np.random.default_rng(100 + seed), 256)
+    ph = synth.make_phantom(np.random.default_rng(seed), (256, 256), 0.5, n_objects=n, touching=touching,
+                            defect=synth.DEFECT_TYPES[seed % 7])
+    raw = synth.render_counts(ph, machine, np.random.default_rng(seed + 1))
+    att = preprocess_scan(raw).attenuation
+    items = segment_items(att)
+    assert len(items) == n
+    if touching:
+        from scipy import ndimage
+
+        assert ndimage.label(ph.object_mask)[1] < n  # the tubers really touch
+    # every item is (mostly) one tuber, and every tuber is covered
+    owners = []
+    for it in items:
+        counts = np.bincount(ph.labels[it.full_mask(att.shape)], minlength=n + 1)[1:]
+        assert counts.max() > 0.9 * counts.sum()
+        owners.append(int(counts.argmax()))
+    assert sorted(owners) == list(range(n))
