@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", choices=("synth", "simple"), default="synth")
     ap.add_argument("--frames", action="store_true", help="simple source: write dark/flat frames")
     ap.add_argument("--png8", action="store_true", help="synth source: 8-bit pre-corrected PNG lot")
+    ap.add_argument("--drop-frames", action="store_true",
+                    help="synth source: delete dark/flat (open beam estimated from each scan)")
+    ap.add_argument("--objects", type=int, default=1, help="synth source: tubers per scan")
     args = ap.parse_args(argv)
 
     from peelscan.ingest import ingest_lot
@@ -80,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.source == "synth":
             from peelscan.synth import write_landing
 
-            lots = write_landing(landing, lots=1, scans=args.scans, anomaly_rate=0.2, seed=9301, size=args.size,
-                                 png8=args.png8)
-            lot = lots[0] if isinstance(lots, (list, tuple)) and lots and isinstance(lots[0], str) else \
-                sorted(p.name for p in landing.iterdir() if p.is_dir())[0]
+            (lot,) = write_landing(str(landing), lots=1, scans=args.scans, anomaly_rate=0.2, seed=9301,
+                                   size=args.size, png8=args.png8, objects_per_scan=args.objects)
+            if args.drop_frames:
+                for p in (landing / lot).glob("*"):
+                    if p.stem in ("dark", "flat"):
+                        p.unlink()
         else:
             lot = "bench-lot"
             write_simple_lot(landing / lot, args.scans, args.size, args.frames)
