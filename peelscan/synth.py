@@ -21,7 +21,7 @@ projected mass stays exact. The defect's ground-truth mask is exactly the set of
 its path length is positive.
 
 **Machine** (:class:`Machine`, :func:`render_counts`): polychromatic Beer–Lambert transmission
-``T = Σ_e w_e exp(-Σ_m ρ_m μ_m(E_e) t_m)`` over three energy bins (40/60/80 keV) with linear
+``T = Σ_e w_e exp(-Σ_m ρ_m μ_m(E_e) t_m)`` over four energy bins (30/40/60/80 keV) with linear
 attenuation coefficients from NIST XCOM mass attenuation data (Hubbell & Seltzer, *Tables of
 X-Ray Mass Attenuation Coefficients*, NIST Standard Reference Database 126, 2004) — so
 ``-ln T`` grows less than linearly with thickness (beam hardening); the anode heel effect
@@ -62,20 +62,21 @@ __all__ = [
 DEFECT_TYPES: tuple[str, ...] = ("hollow_heart", "stone", "glass", "metal", "bruise", "wireworm", "growth_crack")
 """The defect types, in the order :func:`write_landing` cycles through them."""
 
-ENERGY_BINS_KEV: np.ndarray = np.array([40.0, 60.0, 80.0])
+ENERGY_BINS_KEV: np.ndarray = np.array([30.0, 40.0, 60.0, 80.0])
 """Energy bins [keV] of the polychromatic model; :data:`MATERIALS` holds ``μ`` at these."""
 
-# Mass attenuation coefficients μ/ρ [cm²/g] at 40/60/80 keV (NIST XCOM, total with coherent).
+# Mass attenuation coefficients μ/ρ [cm²/g] at 30/40/60/80 keV (NIST XCOM, total with
+# coherent scattering; rounded; starch from its elements C 44.4 %, H 6.2 %, O 49.4 %).
 _MU_RHO = {
-    "water": (0.2683, 0.2059, 0.1837),
-    "starch": (0.2440, 0.1940, 0.1740),  # carbohydrate (C6H10O5)n, close to cellulose
-    "oxygen": (0.2585, 0.2007, 0.1800),
-    "silicon": (0.7012, 0.3207, 0.2228),
-    "calcium": (1.8300, 0.6605, 0.3734),
-    "sodium": (0.3200, 0.1900, 0.1700),
-    "magnesium": (0.4000, 0.2300, 0.1900),
-    "iron": (3.6290, 1.2050, 0.5952),
-    "air": (0.2485, 0.1875, 0.1662),
+    "water": (0.3756, 0.2683, 0.2059, 0.1837),
+    "starch": (0.3226, 0.2413, 0.1940, 0.1740),
+    "oxygen": (0.3779, 0.2585, 0.2007, 0.1800),
+    "silicon": (1.4360, 0.7012, 0.3207, 0.2228),
+    "calcium": (4.1000, 1.8300, 0.6605, 0.3734),
+    "sodium": (0.5800, 0.3200, 0.1900, 0.1700),
+    "magnesium": (0.7600, 0.4000, 0.2300, 0.1900),
+    "iron": (8.1760, 3.6290, 1.2050, 0.5952),
+    "air": (0.3538, 0.2485, 0.1875, 0.1662),
 }
 
 
@@ -97,13 +98,13 @@ BRUISE_DENSITY_NOMINAL = 1.10
 """Bruised / blackheart tissue density relative to sound tissue (+5–10 %)."""
 
 MATERIALS: dict[str, np.ndarray] = {
-    "tissue": _TISSUE,                                    # ≈ 0.028 / 0.022 / 0.019 per mm
+    "tissue": _TISSUE,                                    # ≈ 0.039 / 0.028 / 0.022 / 0.019 per mm
     "pith": _TISSUE * PITH_DENSITY_NOMINAL,
     "bruise": _TISSUE * BRUISE_DENSITY_NOMINAL,
     "air": np.asarray(_MU_RHO["air"]) * 0.001205 / 10.0,  # ≈ 3e-5 per mm: a void
-    "stone": _QUARTZ * 2.65 / 10.0,                       # quartz, ρ 2.65 g/cm³: 0.123 / 0.068 / 0.053
-    "glass": _GLASS * 2.5 / 10.0,                         # soda-lime glass, ρ 2.5: 0.130 / 0.068 / 0.052
-    "iron": np.asarray(_MU_RHO["iron"]) * 7.87 / 10.0,    # steel/iron, ρ 7.87: 2.86 / 0.95 / 0.47
+    "stone": _QUARTZ * 2.65 / 10.0,                       # quartz, ρ 2.65 g/cm³: 0.23 / 0.12 / 0.068 / 0.053
+    "glass": _GLASS * 2.5 / 10.0,                         # soda-lime glass, ρ 2.5: 0.25 / 0.13 / 0.068 / 0.052
+    "iron": np.asarray(_MU_RHO["iron"]) * 7.87 / 10.0,    # steel/iron, ρ 7.87: 6.4 / 2.9 / 0.95 / 0.47
 }
 """Linear attenuation coefficient ``μ`` [1/mm] per material at :data:`ENERGY_BINS_KEV`."""
 for _k, _v in MATERIALS.items():
@@ -116,7 +117,7 @@ DEFECT_MATERIAL: dict[str, str] = {
 }
 """The material that fills each defect (voids are air)."""
 
-_BASE_SPECTRUM = np.array([0.30, 0.45, 0.25])
+_BASE_SPECTRUM = np.array([0.15, 0.30, 0.35, 0.20])
 """Detected-signal weights of the energy bins for a ~100 kVp tungsten tube with ~2 mm Al."""
 _TEXTURE_CORR_MM = 1.0
 _FOREVER = 1e9  # an "empty" interval endpoint
@@ -180,7 +181,7 @@ def machine_for_lot(rng: np.random.Generator, width: int, pixel_mm: float = 0.5)
         raise ValueError(f"machine_for_lot: pixel_mm must be positive, got {pixel_mm}")
     width = int(width)
     kvp = rng.uniform(-1.0, 1.0)  # lower or higher tube voltage / filtration than nominal
-    spectrum = _BASE_SPECTRUM * np.exp(0.25 * kvp * np.array([-1.0, 0.0, 1.0]))
+    spectrum = _BASE_SPECTRUM * np.exp(0.25 * kvp * np.array([-1.5, -1.0, 0.0, 1.0]))
     spectrum /= spectrum.sum()
     n_mod = -(-width // 64)
     module = np.repeat(rng.normal(0.0, 0.012, n_mod), 64)[:width]
@@ -484,7 +485,7 @@ def _defect_hollow_heart(rng, t: _Tuber, f: float):
     frame = _frame(t.body.rot @ u, rng)
     c = t.interior_point(rng, 0) * 0.25
     n_lobes = int(rng.choice([1, 2, 3]))
-    length = rng.uniform(6.0, 10.0) * f
+    length = rng.uniform(5.0, 8.5) * f
     width = length * (rng.uniform(0.25, 0.45) if n_lobes > 1 else rng.uniform(0.5, 0.8))
     thick = rng.uniform(1.5, 3.5) * f
     pieces, phi0 = [], rng.uniform(0, math.pi)
@@ -575,7 +576,7 @@ def _defect_metal(rng, t: _Tuber, f: float):
 
 
 def _defect_bruise(rng, t: _Tuber, f: float):
-    axes = rng.uniform([6.0, 5.0, 5.0], [10.0, 8.0, 9.0]) * f
+    axes = rng.uniform([5.0, 4.0, 5.0], [8.0, 6.5, 9.0]) * f
     if rng.random() < 0.6:  # impact bruise just under the top or bottom skin
         xy = (t.body.rot @ (t.body.axes * _random_unit(rng) * np.array([0.4, 0.4, 0.0])))[:2]
         top = bool(rng.random() < 0.5)
@@ -864,10 +865,17 @@ def transmission(phantom: Phantom, machine: Machine) -> np.ndarray:
 
 
 def _blur_kernel(length_px: float) -> np.ndarray:
-    """Box of ``length_px`` rows (belt travel during integration) as weights on whole rows."""
-    length = max(float(length_px), 1e-6)
-    n = int(math.ceil(length))
-    wts = np.array([min(i + 1, length) - i for i in range(n)])
+    """Row weights of the belt's motion blur: the line samples the (linearly interpolated)
+    object at positions uniformly spread over ``length_px`` rows during its integration, so
+    the kernel is a box of that length convolved with the interpolation's triangle;
+    ``[1]`` for no motion, ``[0.5, 0.5]`` for one row."""
+    length = max(float(length_px), 0.0)
+    if length < 1e-6:
+        return np.ones(1)
+    s = (np.arange(256) + 0.5) / 256 * length
+    taps = np.arange(int(math.ceil(length)) + 1)
+    wts = np.clip(1.0 - np.abs(s[None, :] - taps[:, None]), 0.0, None).mean(1)
+    wts = wts[wts > 1e-12]
     return wts / wts.sum()
 
 
