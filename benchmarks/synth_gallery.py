@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/synth_gallery.py [--rows 3] [--out docs/img/synth_grid.png]
     .venv/bin/python benchmarks/synth_gallery.py --bench-only [--scans 200]
 
-The picture: one column of good scans and one per defect type, one row per lot (each lot its
-own machine and tuber population), showing the flat-field-corrected attenuation ``-ln T`` of
-the raw 16-bit counts (corrected with the lot's own dark and flat frames) with the defect
-mask's outline in red. The benchmark: scans per second of :func:`peelscan.synth.make_phantom`
+The picture: one column of good scans and one per defect type; the top row shows the raw
+16-bit counts (heel effect and column gain visible), the rows below one lot each (its own
+machine and tuber population) as the flat-field-corrected attenuation ``-ln T`` of the raw
+counts (corrected with the lot's own dark and flat frames), cropped to the tuber, with the
+defect mask's outline in red. The benchmark: scans per second of :func:`peelscan.synth.make_phantom`
 + :func:`peelscan.synth.render_counts` (in memory), and of
 :func:`peelscan.synth.write_landing` (with TIFF/PNG encoding and files), single process,
 BLAS/OpenMP threads pinned to 1, seeds 9400+ (used by no test).
@@ -37,10 +38,10 @@ def gallery(out: Path, rows: int, size: int, seed: int = 9400) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy import ndimage
 
     cols = (None,) + synth.DEFECT_TYPES
-    fig, axes = plt.subplots(rows, len(cols), figsize=(1.9 * len(cols), 1.9 * rows + 0.5))
-    axes = np.atleast_2d(axes)
+    fig, axes = plt.subplots(rows + 1, len(cols), figsize=(1.9 * len(cols), 1.95 * (rows + 1) + 0.4))
     for r in range(rows):
         lot_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(r, 0)))
         machine = synth.machine_for_lot(lot_rng, size)
@@ -52,20 +53,33 @@ def gallery(out: Path, rows: int, size: int, seed: int = 9400) -> None:
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(r, 1, c)))
             ph = synth.make_phantom(rng, (size, size), machine.pixel_mm, 1, defect, False, lot)
             raw = synth.render_counts(ph, machine, rng)
+            if r == 0:  # first row: the raw 16-bit counts, heel and column gain included
+                ax = axes[0, c]
+                ax.imshow(raw, cmap="gray", vmin=0, vmax=float(raw.max()), interpolation="nearest")
+                ax.set_title(defect or "good", fontsize=9)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel("raw counts", fontsize=8)
             att = -np.log(np.clip(synth.flat_correct(raw, dark, flat), 1e-4, None))
-            ax = axes[r, c]
-            ax.imshow(att, cmap="gray_r", vmin=0.0, vmax=1.6, interpolation="nearest")
-            if defect is not None:
-                ax.contour(synth.scan_mask(ph, machine), levels=[0.5], colors="red", linewidths=0.6)
+            rr, cc = np.nonzero(ph.object_mask)
+            sl = (slice(max(rr.min() - 4, 0), rr.max() + 5), slice(max(cc.min() - 4, 0), cc.max() + 5))
+            ax = axes[r + 1, c]
+            hi = float(np.percentile(att[ph.object_mask], 99.7))
+            ax.imshow(att[sl], cmap="gray_r", vmin=0.0, vmax=hi, interpolation="nearest")
+            if defect is not None:  # outline drawn 2 px outside the mask, so the defect stays visible
+                ring = ndimage.binary_dilation(synth.scan_mask(ph, machine), iterations=2)[sl]
+                ax.contour(ring, levels=[0.5], colors="red", linewidths=0.5)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(defect or "good", fontsize=9)
-    fig.suptitle("synthetic X-ray line scans: flat-corrected attenuation -ln T (dark = more attenuation), "
-                 "defect mask in red; one lot per row", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"lot {r}: -ln T", fontsize=8)
+    fig.suptitle("synthetic X-ray line scans of potatoes (256×256 px at 0.5 mm). Top: raw 16-bit counts; below: "
+                 "flat-corrected attenuation -ln T (darker = more), cropped, defect mask outlined in red; "
+                 "one lot (machine + tuber population) per row", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     print(f"wrote {out}")
 
 

@@ -9,8 +9,9 @@ low-frequency cosines of ``û·v_k``, the analogue of low-order spherical harmon
 pose (any turn on the belt, a small tilt out of it, since a tuber rests on its flattest side).
 It is projected along the beam (the ``z`` axis, parallel-beam geometry) *analytically* on the
 pixel grid: for every pixel the ray's entry and exit points are solved from the quadratic
-``|w(z)|² = s(û)²`` with the radial factor ``s`` evaluated where the ray meets the surface
-(two fixed-point passes), giving the **path length in mm** through the tuber. Inside it: the
+``|w(z)|² = s²`` (``w``: the point in the ellipsoid's normalised frame), with the outline set
+by ``s`` at the ray's innermost point and the upper and lower surfaces moved by ``s`` where
+they lie (see :meth:`_Body.interval`), giving the **path length in mm** through the tuber. Inside it: the
 pith (medulla), an inner body of slightly lower density, and a fine density texture whose
 projected amplitude grows with the square root of the path length (the line integral of a
 random density field of correlation length ``ℓ`` over a path ``t`` has a standard deviation
@@ -316,30 +317,37 @@ class _Body:
         m = self.rot * self.axes[None, :]
         return (self.s_max * float(np.sqrt((m[0] ** 2).sum())), self.s_max * float(np.sqrt((m[1] ** 2).sum())))
 
-    def interval(self, x: np.ndarray, y: np.ndarray, passes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    def interval(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Entry and exit ``z`` [mm] of the rays through ``(x, y)`` [mm] (arrays of one shape),
-        float32; where a ray misses, ``lo = hi`` (a huge value). ``passes``: fixed-point passes.
+        float32; where a ray misses, ``lo = hi`` (a huge value).
 
-        Along a ray ``|w(z)|² = a (z - z_m)² + d²`` with ``d`` the smallest normalised radius on
-        the ray; the surface is where this equals ``s(û)²``, so ``z = z_m ± sqrt((s² - d²)/a)``
-        with ``s`` evaluated at the point found in the previous pass (float32, candidates only)."""
+        Along a ray ``|w(z)|² = a (z - z_m)² + d²``, with ``d`` the smallest normalised radius
+        on the ray (at ``z_m``). The outline and the half chord ``h = sqrt((s_m² - d²)/a)`` come
+        from the radial factor ``s_m`` at the ray's innermost point; the upper and lower
+        surfaces are then moved out or in by the radial factor where they lie,
+        ``z = z_m ± h · s(û(z_m ± h)) / s_m``. Both surfaces are smooth functions of ``(x, y)``
+        that meet at the outline, so this is an exact solid (a body between two height fields)
+        whose chords are computed, not approximated, with three evaluations of ``s``."""
         shape = np.shape(x)
-        xf, yf = np.ravel(x), np.ravel(y)
+        xf, yf = np.ravel(x).astype(np.float32), np.ravel(y).astype(np.float32)
         g = self.g
         dz = g[:, 2]
         a = float(dz @ dz)
-        xf, yf = xf.astype(np.float64), yf.astype(np.float64)
-        w0 = [g[i, 0] * xf + g[i, 1] * yf for i in range(3)]
-        b = w0[0] * dz[0] + w0[1] * dz[1] + w0[2] * dz[2]
-        d2 = w0[0] * w0[0] + w0[1] * w0[1] + w0[2] * w0[2] - b * b / a
+        # |w|² restricted to the ray's closest point: a quadratic form in (x, y)
+        gx, gy = g[:, 0], g[:, 1]
+        qxx = float(gx @ gx - (gx @ dz) ** 2 / a)
+        qxy = float(gx @ gy - (gx @ dz) * (gy @ dz) / a)
+        qyy = float(gy @ gy - (gy @ dz) ** 2 / a)
+        d2 = qxx * xf * xf + 2.0 * qxy * xf * yf + qyy * yf * yf
+        bx, by = float(gx @ dz), float(gy @ dz)
         lo = np.full(xf.shape, _FOREVER, np.float32)
         hi = np.full(xf.shape, _FOREVER, np.float32)
         cand = np.nonzero(d2 < self.s_max ** 2)[0]
         if cand.size == 0:
             return lo.reshape(shape), hi.reshape(shape)
-        zm = (-b[cand] / a).astype(np.float32)
-        d2c = d2[cand].astype(np.float32)
-        xc, yc = xf[cand].astype(np.float32), yf[cand].astype(np.float32)
+        xc, yc = xf[cand], yf[cand]
+        zm = -(bx * xc + by * yc) / a
+        d2c = d2[cand]
         terms = []
         for amp, om, ph, v in zip(self.amp, self.omega, self.phase, self.dirs):
             gv = g.T @ v  # w·v = x (g[:,0]·v) + y (g[:,1]·v) + z (g[:,2]·v)
@@ -352,17 +360,11 @@ class _Body:
                 s += amp * np.cos((px * xc + py * yc + pz * z) * inv + ph)
             return s
 
-        def half(s: np.ndarray) -> np.ndarray:
-            return np.sqrt(np.maximum(s * s - d2c, 0.0) / a)
-
         s0 = s_at(zm)
-        r = half(s0)
-        zl, zh = zm - r, zm + r
-        for _ in range(passes):  # fixed point: the radial factor where the ray meets the surface
-            zl, zh = zm - half(s_at(zl)), zm + half(s_at(zh))
         inside = d2c < s0 * s0
-        lo[cand] = np.where(inside, zl, _FOREVER)
-        hi[cand] = np.where(inside, zh, _FOREVER)
+        h = np.sqrt(np.maximum(s0 * s0 - d2c, 0.0) / a)
+        lo[cand] = np.where(inside, zm - h * s_at(zm - h) / s0, _FOREVER)
+        hi[cand] = np.where(inside, zm + h * s_at(zm + h) / s0, _FOREVER)
         return lo.reshape(shape), hi.reshape(shape)
 
 
@@ -665,7 +667,7 @@ def _render_tuber(t: _Tuber, rng: np.random.Generator, defect_rng: np.random.Gen
     lo, hi = t.body.interval(x, y)
     total = np.maximum(hi - lo, 0.0)
     mask = total > 0
-    plo, phi = t.pith.interval(x, y, passes=1)
+    plo, phi = t.pith.interval(x, y)
     plo, phi = np.maximum(plo, lo), np.minimum(phi, hi)
     pith = np.maximum(phi - plo, 0.0)
     tissue = total - pith
@@ -673,8 +675,8 @@ def _render_tuber(t: _Tuber, rng: np.random.Generator, defect_rng: np.random.Gen
     # texture: line integral of a random density field (σ_ρ, correlation 1 mm) over the path
     s1, s2 = 0.8 * _TEXTURE_CORR_MM / pixel_mm, 3.0 * _TEXTURE_CORR_MM / pixel_mm
     white = rng.standard_normal((2, ph, pw), dtype=np.float32)
-    n = (0.8 * ndimage.gaussian_filter(white[0], s1) * (2 * math.sqrt(math.pi) * s1)
-         + 0.6 * ndimage.gaussian_filter(white[1], s2) * (2 * math.sqrt(math.pi) * s2))
+    n = (0.8 * ndimage.gaussian_filter(white[0], s1, truncate=3.0) * (2 * math.sqrt(math.pi) * s1)
+         + 0.6 * ndimage.gaussian_filter(white[1], s2, truncate=3.0) * (2 * math.sqrt(math.pi) * s2))
     tissue += np.where(mask, t.lot.texture * np.sqrt(total * _TEXTURE_CORR_MM) * n, 0.0)
     dmask = None
     if defect is not None:
