@@ -47,7 +47,6 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -516,7 +515,7 @@ def _defect_stone(rng, t: _Tuber, f: float):
     return pieces, c[:2], float(axes.max()) * 1.6
 
 
-def _polygon_prism(rng, c: np.ndarray, frame: np.ndarray, verts2d: np.ndarray, thick: float) -> _Convex:
+def _polygon_prism(c: np.ndarray, frame: np.ndarray, verts2d: np.ndarray, thick: float) -> _Convex:
     """A flat convex prism: the polygon ``verts2d`` (counter-clockwise, in the frame's e1/e2
     plane, [mm]) of thickness ``thick`` along e3, centred on ``c``."""
     e1, e2, n = frame[:, 0], frame[:, 1], frame[:, 2]
@@ -559,7 +558,7 @@ def _defect_glass(rng, t: _Tuber, f: float):
     c = t.interior_point(rng, length / 3)
     frame = _frame(_random_unit(rng) + np.array([0, 0, 0.8]), rng)
     verts = _shard_outline(rng, length, width, int(rng.integers(3, 6)))
-    return [_polygon_prism(rng, c, frame, verts, rng.uniform(1.2, 3.0) * f)], c[:2], length * 0.6 + 2.0
+    return [_polygon_prism(c, frame, verts, rng.uniform(1.2, 3.0) * f)], c[:2], length * 0.6 + 2.0
 
 
 def _defect_metal(rng, t: _Tuber, f: float):
@@ -574,7 +573,7 @@ def _defect_metal(rng, t: _Tuber, f: float):
     frame = _frame(_random_unit(rng), rng)
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * 0.5 * sides[:2]
     verts = _convex_hull(corners * rng.uniform(0.6, 1.0, (4, 1)) + rng.normal(0, 0.15, (4, 2)) * sides[:2])
-    return [_polygon_prism(rng, c, frame, verts, sides[2])], c[:2], float(np.linalg.norm(sides)) / 2 + 0.5
+    return [_polygon_prism(c, frame, verts, sides[2])], c[:2], float(np.linalg.norm(sides)) / 2 + 0.5
 
 
 def _defect_bruise(rng, t: _Tuber, f: float):
@@ -1041,19 +1040,3 @@ def write_landing(root: str, lots: int = 3, scans: int = 50, anomaly_rate: float
         wr.writerows(rows)
         store.write_bytes(buf.getvalue().encode(), lot_id, "labels.csv")
     return lot_ids
-
-
-def iter_scans(seed: int, lot_index: int, n: int, size: int = 256, pixel_mm: float = 0.5,
-               defects: Iterable[str | None] | None = None) -> Iterable[tuple[Phantom, np.ndarray, Machine]]:
-    """Phantoms and raw counts of lot ``lot_index`` in memory (no files), as
-    :func:`write_landing` would seed them; ``defects`` gives each scan's defect (default:
-    all good). For galleries and benchmarks."""
-    lot_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(lot_index, 0)))
-    machine = machine_for_lot(lot_rng, size, pixel_mm)
-    lot = lot_params(lot_rng)
-    defects = list(defects) if defects is not None else [None] * n
-    for j in range(n):
-        rng = _scan_rng(seed, lot_index, j)
-        ph = make_phantom(rng, (size, size), pixel_mm, 1, defects[j % len(defects)], False, lot)
-        yield ph, render_counts(ph, machine, rng), machine
-
