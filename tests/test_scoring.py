@@ -101,6 +101,9 @@ def test_items_without_tiles_are_listed_and_never_silently_good():
     # without all_items, a tile-less scan is simply absent (the caller merges its scan list)
     assert "c" not in set(aggregate(df, "fsim")[1]["scan_id"])
     assert list(decide(scans["anomaly_score"], 0.5).astype(object)) == [True, False, pd.NA]
+    # a lot with no tile at all: empty frames with the same columns
+    none_items, none_scans = aggregate(df.iloc[:0], "fsim")
+    assert len(none_items) == len(none_scans) == 0 and list(none_scans.columns) == list(scans.columns)
 
 
 def test_aggregate_refuses_bad_input():
