@@ -127,7 +127,6 @@ def test_scan_before_after():
 
 
 def test_plots_never_import_pyplot():
-    assert "matplotlib.pyplot" not in sys.modules or "peelscan.plots" in sys.modules
     import subprocess
     out = subprocess.run([sys.executable, "-c", "import sys, peelscan.plots; print('matplotlib.pyplot' in sys.modules)"],
                          capture_output=True, text=True, timeout=120)
