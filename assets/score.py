@@ -85,7 +85,7 @@ class ScanScoresConfig(Config):
 @asset(partitions_def=lots_partitions, group_name="report", deps=[tile_scores], kinds={"duckdb", "python"},
        description="Tile -> item -> scan scores, calibrated thresholds, decisions, ROC summaries and pictures.")
 def scan_scores(context: AssetExecutionContext, config: ScanScoresConfig, lake: LakeResource,
-                warehouse: WarehouseResource) -> MaterializeResult:
+                warehouse: WarehouseResource, model_store: ModelStoreResource) -> MaterializeResult:
     lot = validate_id(context.partition_key, "lot id")
     store = lake.store()
     tiles = store.read_dataset(lot, "tile_scores").to_pandas()
@@ -98,6 +98,12 @@ def scan_scores(context: AssetExecutionContext, config: ScanScoresConfig, lake: 
     wh.replace_lot_rows("roc_summaries", lot, rep.roc_summaries)
     wh.replace_lot_rows("roc_curves", lot, rep.roc_curves)
     wh.replace_lot_rows("lot_summaries", lot, rep.lot_summary)
+    # the calibrated thresholds travel with the model version, for the line-side scorer
+    models = model_store.model_store()
+    for (kind, version), g in rep.roc_summaries.groupby(["model_kind", "model_version"]):
+        models.write_extra(lot, kind, version, "thresholds.json", {
+            "aggregation": config.aggregation, "target_fpr": config.target_fpr,
+            "thresholds": {m: t for m, t in zip(g["metric"], g["threshold"]) if t is not None and t == t}})
 
     meta: dict = {"n_scans": len(scans), "n_report_rows": len(rep.anomaly_reports),
                   "summary": df_markdown(rep.lot_summary.drop(columns=["lot_id"], errors="ignore")),
