@@ -74,8 +74,8 @@ SELECT s.lot_id,
        l.model_version
 FROM (SELECT lot_id, count(*) AS n_scans FROM scans GROUP BY lot_id) s
 LEFT JOIN (SELECT lot_id, count(*) AS n_quarantined FROM quarantine GROUP BY lot_id) q USING (lot_id)
-LEFT JOIN lot_summaries l USING (lot_id)
-LEFT JOIN (SELECT * FROM roc_summaries WHERE metric = 'fsim') r
+LEFT JOIN (SELECT * FROM lot_summaries WHERE model_kind = 'tiles') l USING (lot_id)
+LEFT JOIN (SELECT * FROM roc_summaries WHERE metric = 'fsim' AND model_kind = 'tiles') r
        ON r.lot_id = s.lot_id AND r.model_version = l.model_version
 ORDER BY s.lot_id
 """
