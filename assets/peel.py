@@ -30,10 +30,12 @@ class PeelAssetConfig(Config):
     stride: int | None = None
     min_coverage: float | None = None
     whole_size: int | None = None
+    row_group_tiles: int = ROW_GROUP_TILES
+    """Tiles per Parquet row group: the unit one Dask scoring task streams."""
 
 
 def peel_config(cfg: PeelAssetConfig) -> PeelConfig:
-    return PeelConfig(**{k: v for k, v in cfg.model_dump().items() if v is not None})
+    return PeelConfig(**{k: v for k, v in cfg.model_dump().items() if v is not None and k != "row_group_tiles"})
 
 
 def item_masks_by_scan(items_table: pa.Table, shapes: dict[str, tuple[int, int]]) -> dict[str, list[np.ndarray]]:
@@ -72,7 +74,8 @@ def peeled_tiles(context: AssetExecutionContext, config: PeelAssetConfig, lake: 
     tiles_all = pa.concat_tables(tile_tables) if tile_tables else TILE_SCHEMA.empty_table()
     whole_all = pa.concat_tables(whole_tables) if whole_tables else TILE_SCHEMA.empty_table()
     # parts of ROW_GROUP_TILES rows: one Dask task streams one row group
-    store.write_dataset(lot, "tiles", _chunks(tiles_all, ROW_GROUP_TILES), row_group_size=ROW_GROUP_TILES,
+    rg = max(1, config.row_group_tiles)
+    store.write_dataset(lot, "tiles", _chunks(tiles_all, rg), row_group_size=rg,
                         schema=tiles_all.schema, metadata={"config": pcfg.as_dict()})
     store.write_dataset(lot, "whole", _chunks(whole_all, 256), row_group_size=256, schema=whole_all.schema,
                         metadata={"config": pcfg.as_dict()})

@@ -1,0 +1,119 @@
+"""Line rate: scans per second and per-scan latency of the line-side scorer, end to end.
+
+A synthetic lot (seed 9201, used by no test or default) is taken through the asset graph to
+get a model and calibrated thresholds; 512 further scans of the same lot, never seen in
+training, are then decided by :class:`peelscan.linescan.LineScorer` — decode, preprocess,
+segment, peel, reconstruct, measure, decide — from the files' bytes, in batches. Reported:
+scans/s, and p50/p99 of the per-scan latency (the wall time of the batch a scan is in), for
+the primary measure (FSIM) alone and for all thirteen, plus where the time goes.
+
+Goals on 2 cores: ≥ 100 scans/s with FSIM (two 30 t/h lines), p99 ≤ 50 ms; ≥ 20 scans/s with
+all thirteen.
+
+    python benchmarks/throughput.py [--train-scans 160] [--line-scans 512] [--out docs/throughput.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _lot import materialize_lot
+
+
+def split_landing(gen: Path, landing: Path, line: Path, lot: str, n_train: int) -> None:
+    """Scans 0..n_train-1 (with frames and labels) into the landing lot, the rest to ``line``."""
+    src = gen / lot
+    scans = sorted(p for p in src.iterdir() if p.is_file() and p.stem not in ("dark", "flat", "labels"))
+    (landing / lot / "masks").mkdir(parents=True, exist_ok=True)
+    line.mkdir(parents=True, exist_ok=True)
+    keep = {p.stem for p in scans[:n_train]}
+    for p in src.iterdir():
+        if p.is_file() and p.stem in ("dark", "flat"):
+            shutil.copy(p, landing / lot / p.name)
+    for p in scans:
+        shutil.copy(p, (landing / lot / p.name) if p.stem in keep else (line / p.name))
+    for m in (src / "masks").glob("*.png"):
+        if m.stem in keep:
+            shutil.copy(m, landing / lot / "masks" / m.name)
+    with open(src / "labels.csv", newline="") as f:
+        rows = [r for r in csv.reader(f)]
+    with open(landing / lot / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(rows[0])
+        w.writerows(r for r in rows[1:] if r[0] in keep)
+
+
+def run(scorer, files: list[Path], batch: int) -> tuple[float, np.ndarray, dict]:
+    data = [(p.stem, str(p), p.read_bytes()) for p in files]  # the line delivers bytes
+    timings: dict[str, float] = {}
+    scorer.decide(data[:batch], timings={})  # warm-up: allocations, FFT plans
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(0, len(data), batch):
+        b = data[i:i + batch]
+        s = time.perf_counter()
+        scorer.decide(b, timings=timings)
+        lat += [(time.perf_counter() - s) * 1000.0] * len(b)
+    wall = time.perf_counter() - t0
+    return len(data) / wall, np.array(lat), timings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-scans", type=int, default=160)
+    ap.add_argument("--line-scans", type=int, default=512)
+    ap.add_argument("--batches", default="1,4,8,16,32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import torch
+
+    from peelscan.lake import Store
+    from peelscan.linescan import LineScorer
+    from peelscan.synth import write_landing
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        lot = write_landing(str(home / "gen"), lots=1, scans=args.train_scans + args.line_scans,
+                            anomaly_rate=0.2, seed=9201)[0]
+        split_landing(home / "gen", home / "landing", home / "line", lot, args.train_scans)
+        os.environ["PEELSCAN_HOME"] = str(home)
+        materialize_lot(home, lot, through="scan_scores")
+        files = sorted((home / "line").iterdir())
+        lake = Store(str(home / "lake"))
+        rows, profiles = [], {}
+        for label, all_metrics in (("FSIM", False), ("all 13", True)):
+            scorer = LineScorer(lake, lot, metric="fsim", all_metrics=all_metrics)
+            for b in [int(x) for x in args.batches.split(",")]:
+                rate, lat, timings = run(scorer, files, b)
+                rows.append((label, b, rate, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))))
+                profiles[(label, b)] = timings
+                print(f"{label:7s} batch {b:3d}: {rate:7.1f} scans/s  p50 {rows[-1][3]:6.1f} ms  p99 {rows[-1][4]:6.1f} ms",
+                      flush=True)
+    lines = ["| measures | batch | scans/s | p50 latency (ms) | p99 latency (ms) |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {b} | {r:.1f} | {p50:.1f} | {p99:.1f} |" for m, b, r, p50, p99 in rows]
+    best_key = max(((m, b) for m, b, *_ in rows if m == "FSIM"), key=lambda k: next(r for m, b, r, *_ in rows if (m, b) == k))
+    prof = profiles[best_key]
+    total = sum(prof.values()) or 1.0
+    plines = ["| stage | share of time |", "|---|---|"] + [f"| {k} | {v / total:.0%} |" for k, v in
+                                                            sorted(prof.items(), key=lambda kv: -kv[1])]
+    text = (f"# Line-rate throughput\n\n{len(files)} unseen 256×256 scans (16-bit TIFF bytes) of a synthetic lot, "
+            f"{args.threads} torch threads, {os.cpu_count()} cores. Latency of a scan = wall time of its batch "
+            "(add the time to fill a batch at line rate: 20 ms per scan at 50 scans/s).\n\n"
+            + "\n".join(lines) + f"\n\nWhere the time goes (FSIM, batch {best_key[1]}):\n\n" + "\n".join(plines) + "\n")
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""End to end: ``peelscan synth`` + ``peelscan run`` through Dagster on a small synthetic lot,
+every table filled with the columns of shared/DESIGN.md, reruns leave no duplicates, and
+``peelscan sql`` answers while another process holds the warehouse for writing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PEELSCAN = [sys.executable, "-m", "peelscan.cli"]
+
+TABLE_COLUMNS = {
+    "scans": "lot_id scan_id source_uri width height dtype n_items label defect_type split ingested_at",
+    "quarantine": "lot_id source_uri reason detected_at",
+    "training_runs": "lot_id model_version arch n_train_tiles epochs train_loss val_loss seconds "
+                     "parent_version trained_at",
+    "anomaly_reports": "lot_id scan_id item_index metric score anomaly_score threshold is_anomaly label "
+                       "defect_type worst_tile_row worst_tile_col model_version scored_at",
+    "roc_summaries": "lot_id metric model_version n_good n_anomalous auroc auprc tpr_at_fpr_1pct "
+                     "tpr_at_fpr_5pct best_accuracy threshold computed_at",
+    "roc_curves": "lot_id metric model_version fpr tpr threshold",
+}
+
+
+def _run(args, env, timeout=900):
+    out = subprocess.run(PEELSCAN + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{args}: {out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def e2e_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e") / "var"
+    env = {**os.environ, "PEELSCAN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    for v in ("PEELSCAN_LANDING_URI", "PEELSCAN_LAKE_URI", "PEELSCAN_WAREHOUSE", "PEELSCAN_DASK_ADDRESS"):
+        env.pop(v, None)
+    (home / "dagster").mkdir(parents=True)
+    _run(["synth", str(home / "landing"), "--lots", "1", "--scans", "36", "--anomaly-rate", "0.35",
+          "--seed", "7"], env)
+    first = _run(["run"], env)
+    return home, env, first
+
+
+def _counts(db: Path) -> dict[str, int]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLE_COLUMNS}
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_run_fills_every_table_with_the_design_columns(e2e_home):
+    home, env, stdout = e2e_home
+    assert "lot-000" in stdout
+    db = home / "warehouse.read.duckdb"
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for table, cols in TABLE_COLUMNS.items():
+            have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+            assert set(cols.split()) <= have, (table, set(cols.split()) - have)
+        n_scans = con.execute("SELECT count(*) FROM scans").fetchone()[0]
+        assert n_scans == 36
+        for table in ("training_runs", "anomaly_reports", "roc_summaries", "roc_curves"):
+            assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0, table
+        n_metrics = con.execute("SELECT count(DISTINCT metric) FROM anomaly_reports").fetchone()[0]
+        assert n_metrics == 13
+        assert con.execute("SELECT count(*) FROM roc_summaries WHERE auroc IS NULL").fetchone()[0] == 0
+    finally:
+        con.close()
+    reports = home / "reports" / "lot-000"
+    assert (reports / "roc_curves_tiles.png").stat().st_size > 5000
+    assert (reports / "anomaly_heatmap.png").exists()
+
+
+@pytest.mark.slow
+def test_rerun_leaves_no_duplicates(e2e_home):
+    home, env, _ = e2e_home
+    before = _counts(home / "warehouse.read.duckdb")
+    _run(["run", "--lot", "lot-000"], env)
+    after = _counts(home / "warehouse.read.duckdb")
+    for t in ("scans", "quarantine", "anomaly_reports", "roc_summaries"):
+        assert after[t] == before[t], (t, before[t], after[t])
+    con = duckdb.connect(str(home / "warehouse.read.duckdb"), read_only=True)
+    dup = con.execute("SELECT count(*) - count(DISTINCT (model_kind, metric, scan_id)) FROM anomaly_reports").fetchone()[0]
+    # the rerun warm-starts a new model: its curves replace the old ones (one model version per kind)
+    versions = con.execute("SELECT count(DISTINCT model_version) FROM roc_curves GROUP BY model_kind").fetchall()
+    trainings = con.execute("SELECT count(*) FROM training_runs").fetchone()[0]
+    con.close()
+    assert dup == 0
+    assert all(v[0] == 1 for v in versions)
+    assert trainings == before["training_runs"] + 1  # training history is kept, one row per training
+
+
+@pytest.mark.slow
+def test_sql_answers_while_another_process_holds_the_warehouse(e2e_home):
+    home, env, _ = e2e_home
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); con.execute('BEGIN');"
+         "con.execute('DELETE FROM scans'); print('holding', flush=True); time.sleep(60)",
+         str(home / "warehouse.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        out = _run(["sql", "SELECT count(*) AS n FROM scans"], env, timeout=60)
+        assert "36" in out
+        bad = subprocess.run(PEELSCAN + ["sql", "DELETE FROM scans"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "read-only" in (bad.stderr + bad.stdout).lower()
+    finally:
+        holder.kill()
+        holder.wait()
