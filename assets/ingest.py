@@ -40,7 +40,7 @@ class IngestConfig(Config):
     """Share of good/unlabelled scans held out for evaluation (split by scan-id hash)."""
 
 
-@asset(partitions_def=lots_partitions, group_name="ingest", kinds={"python", "parquet", "duckdb"},
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", kinds={"python", "parquet", "duckdb"},
        description="Decoded, validated scans of a lot; every landing file ends in `scans` or `quarantine`.")
 def raw_scans(context: AssetExecutionContext, config: IngestConfig, scan_store: ScanStoreResource,
               lake: LakeResource, warehouse: WarehouseResource) -> MaterializeResult:
@@ -105,7 +105,7 @@ def _preprocess_config(cfg: PreprocessAssetConfig) -> PreprocessConfig:
     return PreprocessConfig(**kw)
 
 
-@asset(partitions_def=lots_partitions, group_name="ingest", deps=[raw_scans], kinds={"python", "parquet"},
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", deps=[raw_scans], kinds={"python", "parquet"},
        description="Dark/flat-corrected, -log, gain/heel-corrected, denoised, normalised attenuation images.")
 def preprocessed_scans(context: AssetExecutionContext, config: PreprocessAssetConfig,
                        lake: LakeResource) -> MaterializeResult:
@@ -147,7 +147,7 @@ class SegmentAssetConfig(Config):
     """Fragments smaller than this many pixels are dropped (None = library default)."""
 
 
-@asset(partitions_def=lots_partitions, group_name="ingest", deps=[preprocessed_scans],
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", deps=[preprocessed_scans],
        kinds={"python", "parquet", "duckdb"},
        description="Every object in every scan: mask and bounding box (watershed splits touching objects).")
 def items(context: AssetExecutionContext, config: SegmentAssetConfig, lake: LakeResource,

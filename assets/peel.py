@@ -50,7 +50,7 @@ def item_masks_by_scan(items_table: pa.Table, shapes: dict[str, tuple[int, int]]
     return out
 
 
-@asset(partitions_def=lots_partitions, group_name="peel", deps=[items], kinds={"python", "parquet"},
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", deps=[items], kinds={"python", "parquet"},
        description="Peeled interior tiles of every item (Parquet, one row per tile) and whole-item images.")
 def peeled_tiles(context: AssetExecutionContext, config: PeelAssetConfig, lake: LakeResource) -> MaterializeResult:
     lot = validate_id(context.partition_key, "lot id")

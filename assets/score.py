@@ -32,7 +32,7 @@ from pipelines.partitions import lots_partitions
 from resources import DaskResource, LakeResource, ModelStoreResource, WarehouseResource
 
 
-@asset(partitions_def=lots_partitions, group_name="score", deps=[autoencoder], kinds={"dask", "pytorch", "parquet"},
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", deps=[autoencoder], kinds={"dask", "pytorch", "parquet"},
        description="Every tile reconstructed by the lot's current model(s) and compared with all thirteen measures.")
 def tile_scores(context: AssetExecutionContext, lake: LakeResource, model_store: ModelStoreResource,
                 dask: DaskResource) -> MaterializeResult:
@@ -82,7 +82,7 @@ class ScanScoresConfig(Config):
     heatmap_scans: int = 6
 
 
-@asset(partitions_def=lots_partitions, group_name="report", deps=[tile_scores], kinds={"duckdb", "python"},
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", deps=[tile_scores], kinds={"duckdb", "python"},
        description="Tile -> item -> scan scores, calibrated thresholds, decisions, ROC summaries and pictures.")
 def scan_scores(context: AssetExecutionContext, config: ScanScoresConfig, lake: LakeResource,
                 warehouse: WarehouseResource, model_store: ModelStoreResource) -> MaterializeResult:

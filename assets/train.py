@@ -70,7 +70,7 @@ class TrainAssetConfig(Config):
     """Cap on training tiles (a seeded subsample beyond it), to bound nightly training time."""
 
 
-@asset(partitions_def=lots_partitions, group_name="train", deps=[peeled_tiles], kinds={"pytorch", "duckdb"},
+@asset(partitions_def=lots_partitions, group_name="lot_pipeline", deps=[peeled_tiles], kinds={"pytorch", "duckdb"},
        description="Convolutional autoencoder trained on the lot's good training tiles; saved as the candidate model.")
 def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: LakeResource,
                 model_store: ModelStoreResource, warehouse: WarehouseResource) -> MaterializeResult:
