@@ -182,7 +182,7 @@ def train_autoencoder(tiles: np.ndarray, config: TrainConfig, kind: str = "tiles
                 loss = loss_fn(config.loss, b, model(b), config.ssim_weight)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(b)
+                total += float(loss.detach()) * len(b)
             hist["train_loss"].append(total / len(xt))
             model.eval()
             with torch.inference_mode():
