@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(BIN)/peelscan demo
 
 test: $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ui: $(STAMP)

@@ -58,6 +58,9 @@ class TrainAssetConfig(Config):
     loss: str = "ssim_l2"
     """``l2``, ``ssim`` or ``ssim_l2`` (Bergmann et al. 2019)."""
     epochs: int = 30
+    """Epochs from scratch (early stopping may end sooner)."""
+    warm_epochs: int = 8
+    """Epochs when warm-starting from a previous or parent model: nightly retraining only adapts."""
     threads: int = 2
     """CPU threads torch may use for this training."""
     seed: int = 0
@@ -106,7 +109,8 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
     elif config.warm_start != "none":
         raise ValueError(f"warm_start must be previous, parent or none, got {config.warm_start!r}")
 
-    tcfg = TrainConfig(loss=config.loss, epochs=config.epochs, seed=config.seed, threads=config.threads)
+    epochs = config.warm_epochs if init_state is not None else config.epochs
+    tcfg = TrainConfig(loss=config.loss, epochs=epochs, seed=config.seed, threads=config.threads)
     t0 = time.perf_counter()
     result = train_autoencoder(fit_x, tcfg, kind=kind, init_state=init_state, val_tiles=val_x)
     seconds = time.perf_counter() - t0

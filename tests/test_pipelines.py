@@ -35,7 +35,7 @@ def test_definitions_validate_loadable():
     assert defs.resolve_job_def("lot_job").partitions_def.name == "lots"
 
 
-def test_dagster_definitions_validate_cli():
+def test_dagster_definitions_validate_cli(peelscan_env):
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
