@@ -157,10 +157,13 @@ def items(context: AssetExecutionContext, config: SegmentAssetConfig, lake: Lake
     scfg = SegmentConfig(**({"min_area_px": config.min_area_px} if config.min_area_px else {}))
     rows = []
     n_items: dict[str, int] = {}
+    example = None
     for r in store.read_dataset(lot, "preprocessed").to_pylist():
         att = frame_from_row(r, dtype=np.float32)
         found = segment_items(att, scfg)
         n_items[r["scan_id"]] = len(found)
+        if found and (example is None or len(found) > len(example[1])):
+            example = (att, found, r["scan_id"])
         for it in found:
             rows.append({"lot_id": lot, "scan_id": r["scan_id"], "item_index": it.index,
                          "r0": it.r0, "c0": it.c0, "r1": it.r1, "c1": it.c1, "area_px": int(it.area_px),
@@ -168,7 +171,13 @@ def items(context: AssetExecutionContext, config: SegmentAssetConfig, lake: Lake
     store.write_dataset(lot, "items", pa.Table.from_pylist(rows, schema=ITEMS_SCHEMA), row_group_size=512)
     warehouse.warehouse().update_n_items(lot, n_items)
     counts = pd.Series(list(n_items.values()), dtype="int64")
-    return MaterializeResult(metadata={
+    pictures: dict = {}
+    if example is not None:
+        att, found, sid = example
+        masks = [it.full_mask(att.shape) for it in found]
+        pictures = picture(lot, "items", scan_before_after_png(att, att, masks),
+                           f"scan {sid}: {len(found)} item(s) and their outlines")
+    return MaterializeResult(metadata={**pictures,
         "n_scans": len(n_items), "n_items": len(rows),
         "scans_without_item": int((counts == 0).sum()) if len(counts) else 0,
         "items_per_scan": MetadataValue.json({str(k): int(v) for k, v in counts.value_counts().sort_index().items()}),
