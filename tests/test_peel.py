@@ -1,18 +1,28 @@
-"""Virtual peeling and tiles: round trip through Parquet, coverage rule, monotone peel depth,
-awkward items, splits that never leak."""
+"""Virtual peeling and tiles (peelscan.peel, peelscan.peelplots): round trip through the lake's
+Parquet, the coverage rule, monotone peel depth, awkward items, whole-item images, splits that
+never leak, reruns that replace."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from scipy.spatial.distance import cdist
+from skimage.morphology import disk, erosion
 
 from peelscan.lake import Store
-from peelscan.peel import PeelConfig, cut_tiles, peel_mask, peel_scan, table_to_pixels, tiles_to_table, whole_item_image
+from peelscan.peel import (ROW_GROUP_TILES, TILE_SCHEMA, PeelConfig, Tiles, WholeItems, cut_tiles, peel_mask,
+                           peel_scan, table_to_pixels, tile_schema, tiles_to_table, whole_item_image,
+                           whole_to_table)
+from peelscan.peelplots import coverage_histogram_png, overlay_png
 from peelscan.splits import assign_split
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def blob(shape=(256, 256), center=(128, 128), radii=(70, 50), seed=0) -> np.ndarray:
+    """A wobbly ellipse (bool ``shape``)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     theta = np.arctan2(yy - center[0], xx - center[1])
@@ -21,71 +31,304 @@ def blob(shape=(256, 256), center=(128, 128), radii=(70, 50), seed=0) -> np.ndar
     return r < wobble
 
 
-def scan_with(mask: np.ndarray, seed=1) -> np.ndarray:
+def scan_with(*masks: np.ndarray, seed=1) -> np.ndarray:
+    """Thick-in-the-middle items with noise, 0 outside (float32)."""
     rng = np.random.default_rng(seed)
-    return np.where(mask, 0.3 + 0.02 * rng.standard_normal(mask.shape), 0.0).astype(np.float32)
+    att = np.zeros(masks[0].shape, np.float32)
+    from scipy import ndimage
+    for m in masks:
+        d = ndimage.distance_transform_edt(m)
+        att += np.where(m, 0.4 * np.sqrt(d / max(d.max(), 1)), 0)
+    return (att + np.where(att > 0, 0.01 * rng.standard_normal(att.shape), 0)).astype(np.float32)
 
 
-def test_tiles_round_trip_through_parquet_equal_the_scan_crop(tmp_path):
-    mask = blob()
-    att = scan_with(mask)
-    defect = np.zeros_like(mask)
-    defect[120:130, 120:135] = True
-    cfg = PeelConfig()
-    tiles, wholes = peel_scan(att, [mask], cfg, defect)
-    assert len(tiles.pixels) > 10
+def grid_reference(peeled: np.ndarray, t: int, s: int, min_cov: float):
+    """Brute force: every grid tile inside the image with enough peeled coverage."""
+    out = []
+    for r in range(0, peeled.shape[0] - t + 1, s):
+        for c in range(0, peeled.shape[1] - t + 1, s):
+            cov = peeled[r:r + t, c:c + t].mean()
+            if cov >= min_cov:
+                out.append((r, c, cov))
+    return out
+
+
+def check_fill(tile, att, crop, inside, item_peeled, r, c, rule):
+    """Outside-the-peel pixels of one tile follow the fill rule."""
+    out = ~inside
+    if not out.any():
+        return
+    if rule == "mean":
+        np.testing.assert_allclose(tile[out], crop[inside].astype(np.float64).mean(), rtol=1e-5)
+        return
+    # nearest: the value of a peeled pixel of the item at the minimal Euclidean distance
+    pr, pc_ = np.nonzero(item_peeled)
+    orr, occ = np.nonzero(out)
+    d = cdist(np.c_[orr + r, occ + c], np.c_[pr, pc_])
+    for k in range(len(orr)):
+        nearest = np.flatnonzero(d[k] <= d[k].min() + 1e-9)
+        assert tile[orr[k], occ[k]] in set(att[pr[nearest], pc_[nearest]].tolist())
+
+
+@pytest.mark.parametrize("fill", ["nearest", "mean"])
+def test_tiles_round_trip_through_parquet_equal_the_scan_crop(tmp_path, fill):
+    a = blob(center=(90, 80), radii=(60, 45), seed=3)
+    b = blob(center=(170, 185), radii=(55, 50), seed=4)
+    att = scan_with(a, b)
+    defect = np.zeros_like(a)
+    defect[100:112, 70:90] = True
+    cfg = PeelConfig(fill=fill)
+    tiles, wholes = peel_scan(att, [a, b], cfg, defect)
+    assert len(tiles) > 20 and set(tiles.item_index.tolist()) == {0, 1}
     store = Store(str(tmp_path))
-    store.write_dataset("lot-1", "tiles", tiles_to_table("lot-1", "s-1", "eval", "anomalous", "stone", tiles, cfg))
-    table = store.read_dataset("lot-1", "tiles")
-    px = table_to_pixels(table)
-    peeled = cfg.peeled(mask)
+    table = tiles_to_table("lot-1", "s-1", "eval", "anomalous", "stone", tiles, cfg)
+    assert table.schema.equals(TILE_SCHEMA)
+    store.write_dataset("lot-1", "tiles", table, row_group_size=ROW_GROUP_TILES, schema=TILE_SCHEMA)
+    back = store.read_dataset("lot-1", "tiles")
+    assert back.schema.equals(TILE_SCHEMA) and back.num_rows == len(tiles)
+    px = table_to_pixels(back)
+    assert px.dtype == np.float32 and px.shape == (len(tiles), 32, 32)
+    peeled = {0: cfg.peeled(a), 1: cfg.peeled(b)}
     t = cfg.tile_size
-    for i, (r, c) in enumerate(zip(table["tile_row"].to_pylist(), table["tile_col"].to_pylist())):
-        crop, inside = att[r:r + t, c:c + t], peeled[r:r + t, c:c + t]
-        np.testing.assert_array_equal(px[i][inside], crop[inside])
-        if (~inside).any():  # the documented fill rule: the mean of the tile's peeled pixels
-            np.testing.assert_allclose(px[i][~inside], crop[inside].mean(), rtol=1e-5)
-    df = np.array(table["defect_fraction"].to_pylist())
-    assert df.max() > 0 and (df >= 0).all() and (df <= 1).all()
+    rows = back.to_pydict()
+    partial = 0
+    for i in range(back.num_rows):
+        r, c, k = rows["tile_row"][i], rows["tile_col"][i], rows["item_index"][i]
+        crop, inside = att[r:r + t, c:c + t], peeled[k][r:r + t, c:c + t]
+        assert r % cfg.stride == 0 and c % cfg.stride == 0  # on the scan-anchored grid
+        np.testing.assert_array_equal(px[i][inside], crop[inside])  # bit-exact where peeled
+        if inside.all():
+            np.testing.assert_array_equal(px[i], crop)
+        else:
+            partial += 1
+            check_fill(px[i], att, crop, inside, peeled[k], r, c, fill)
+        assert rows["coverage"][i] == pytest.approx(inside.mean(), abs=1e-6)
+        assert rows["coverage"][i] >= cfg.min_coverage
+        assert rows["defect_fraction"][i] == pytest.approx(defect[r:r + t, c:c + t].mean(), abs=1e-6)
+        assert rows["tile_size"][i] == t and rows["lot_id"][i] == "lot-1" and rows["label"][i] == "anomalous"
+    assert partial > 0  # the fill rule was exercised
+    assert max(rows["defect_fraction"]) > 0
+    # whole-item images: same schema at 128, bbox origins and the item's share of defect
+    wt = whole_to_table("lot-1", "s-1", "eval", "anomalous", "stone", wholes, cfg)
+    assert wt.schema.equals(tile_schema(128))
+    assert wt["tile_row"].to_pylist() == [int(np.nonzero(a.any(1))[0][0]), int(np.nonzero(b.any(1))[0][0])]
+    assert wt["tile_col"].to_pylist() == [int(np.nonzero(a.any(0))[0][0]), int(np.nonzero(b.any(0))[0][0])]
+    assert wt["defect_fraction"].to_pylist()[0] == pytest.approx((defect & a).sum() / a.sum(), rel=1e-5)
+    assert wt["defect_fraction"].to_pylist()[1] == 0.0
+    store.write_dataset("lot-1", "whole", wt)
+    np.testing.assert_array_equal(table_to_pixels(store.read_dataset("lot-1", "whole")), np.stack(wholes))
 
 
-@pytest.mark.parametrize("seed", range(5))
+def test_no_defect_mask_gives_null_defect_fraction():
+    m = blob()
+    tiles, wholes = peel_scan(scan_with(m), [m], PeelConfig())
+    assert tiles.defect_fraction is None and wholes.defect_fraction is None
+    table = tiles_to_table("l", "s", "train", None, None, tiles, 32)
+    assert table["defect_fraction"].null_count == table.num_rows > 0
+    assert table["label"].null_count == table.num_rows
+    nan_tiles = Tiles(tiles.pixels, tiles.item_index, tiles.tile_row, tiles.tile_col, tiles.coverage,
+                      np.full(len(tiles), np.nan, np.float32))
+    assert tiles_to_table("l", "s", "train", None, None, nan_tiles, 32)["defect_fraction"].null_count == len(tiles)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 6, 9])
+def test_peel_is_erosion_by_a_disk(radius):
+    m = blob(seed=radius)
+    pad = radius + 1
+    ref = erosion(np.pad(m, pad), disk(radius)).astype(bool)[pad:-pad, pad:-pad]
+    np.testing.assert_array_equal(peel_mask(m, radius), ref)
+    # a disk, not a square: a square of the same radius would peel the diagonals deeper
+    sq = erosion(np.pad(m, pad), np.ones((2 * radius + 1,) * 2, bool)).astype(bool)[pad:-pad, pad:-pad]
+    assert radius == 0 or sq.sum() < peel_mask(m, radius).sum()
+
+
+def test_peel_mask_depth_and_border():
+    m = blob()
+    np.testing.assert_array_equal(peel_mask(m, 0), m)
+    assert peel_mask(m, 4.5).sum() < peel_mask(m, 4).sum() < peel_mask(m, 2).sum() < m.sum()
+    assert not peel_mask(np.zeros((30, 30), bool), 3).any()
+    full = np.ones((40, 50), bool)  # an item filling the frame is peeled along the image border
+    p = peel_mask(full, 3)
+    assert p[3:-3, 3:-3].all() and not p[:3].any() and not p[:, -3:].any()
+    assert PeelConfig(peel_depth_mm=3, pixel_mm=0.5).depth_px == 6.0
+    with pytest.raises(ValueError, match="depth_px"):
+        peel_mask(m, -1)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_coverage_rule_and_deeper_peel_never_more_tiles(seed):
-    mask = blob(seed=seed, radii=(60 + 5 * seed, 45 + 3 * seed))
-    att = scan_with(mask, seed)
-    counts = []
-    for depth in (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0):
-        cfg = PeelConfig(peel_depth_mm=depth, min_coverage=0.6)
-        tiles = cut_tiles(att, mask, cfg)
-        assert (tiles.coverage >= 0.6 - 1e-6).all()
-        counts.append(len(tiles.pixels))
-    assert counts == sorted(counts, reverse=True), counts
-    assert peel_mask(mask, 4).sum() < peel_mask(mask, 2).sum() < mask.sum()
+    rng = np.random.default_rng(seed)
+    masks = [blob(center=(rng.integers(60, 200), rng.integers(60, 200)),
+                  radii=(rng.integers(20, 80), rng.integers(20, 80)), seed=seed)]
+    att = scan_with(*masks, seed=seed)
+    for t, s, mc in ((32, 16, 0.75), (16, 8, 0.5), (32, 32, 1.0)):
+        counts = {True: [], False: []}
+        for depth in (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0):
+            for small in (True, False):
+                cfg = PeelConfig(peel_depth_mm=depth, tile_size=t, stride=s, min_coverage=mc, small_item_tile=small)
+                tiles = cut_tiles(att, masks[0], cfg)
+                assert (tiles.coverage >= mc).all()
+                counts[small].append(len(tiles))
+                if not small:  # exactly the brute-force set of grid tiles
+                    ref = grid_reference(cfg.peeled(masks[0]), t, s, mc)
+                    assert list(zip(tiles.tile_row.tolist(), tiles.tile_col.tolist())) == [(r, c) for r, c, _ in ref]
+        for small in (True, False):
+            assert counts[small] == sorted(counts[small], reverse=True), (t, s, mc, small, counts[small])
 
 
 def test_border_tiny_and_smaller_than_a_tile_items():
     cfg = PeelConfig()
-    border = blob(center=(10, 128), radii=(60, 60))
-    tiles = cut_tiles(scan_with(border), border, cfg)
-    assert (tiles.tile_row >= 0).all() and (tiles.tile_row + cfg.tile_size <= 256).all()
+    t = cfg.tile_size
+    for center in ((10, 128), (128, 250), (250, 5)):  # cut by the image border
+        border = blob(center=center, radii=(60, 60))
+        tiles = cut_tiles(scan_with(border), border, cfg)
+        assert len(tiles) > 0
+        assert (tiles.tile_row >= 0).all() and (tiles.tile_row + t <= 256).all()
+        assert (tiles.tile_col >= 0).all() and (tiles.tile_col + t <= 256).all()
+    # tiny item: nothing survives the peel -> zero tiles, no error
     tiny = np.zeros((256, 256), bool)
     tiny[100:110, 100:110] = True
-    assert len(cut_tiles(scan_with(tiny), tiny, cfg).pixels) == 0
+    assert len(cut_tiles(scan_with(tiny), tiny, cfg)) == 0
+    # a one-pixel item, an empty mask, a scan smaller than one tile
+    dot = np.zeros((256, 256), bool)
+    dot[5, 5] = True
     empty = np.zeros((256, 256), bool)
-    tiles, wholes = peel_scan(np.zeros((256, 256), np.float32), [empty, tiny], cfg)
-    assert len(tiles.pixels) == 0 and len(wholes) == 2
+    tiles, wholes = peel_scan(np.zeros((256, 256), np.float32), [empty, tiny, dot], cfg)
+    assert len(tiles) == 0 and len(wholes) == 3 and all(w.shape == (128, 128) for w in wholes)
+    assert not wholes[0].any()
     small_scan = np.zeros((20, 20), bool)
     small_scan[2:18, 2:18] = True
-    assert len(cut_tiles(scan_with(small_scan), small_scan, cfg).pixels) == 0
+    assert len(cut_tiles(scan_with(small_scan), small_scan, cfg)) == 0
+    # an item whose peeled part fits a tile only off the grid: one tile with small_item_tile
+    item = np.zeros((256, 256), bool)
+    item[18:63, 18:63] = True  # peeled by 6 px -> 33×33 at rows/cols 24..56; grid tiles at 16 and 32 cover < 0.75
+    att = scan_with(item)
+    assert len(cut_tiles(att, item, PeelConfig(small_item_tile=False))) == 0
+    one = cut_tiles(att, item, cfg)
+    assert len(one) == 1 and one.coverage[0] == 1.0
+    r, c = int(one.tile_row[0]), int(one.tile_col[0])
+    np.testing.assert_array_equal(one.pixels[0], att[r:r + t, c:c + t])
+    assert r in (24, 25) and c in (24, 25)  # the most central full-coverage position
 
 
-def test_whole_item_image_is_centred_and_fixed_size():
+def test_whole_item_image_is_centred_fixed_size_and_keeps_aspect():
     mask = blob(center=(80, 170), radii=(40, 60))
-    img = whole_item_image(scan_with(mask), mask, 128)
+    att = scan_with(mask)
+    img = whole_item_image(att, mask, 128)
     assert img.shape == (128, 128) and img.dtype == np.float32
     rows, cols = np.nonzero(img > 0)
-    assert abs(rows.mean() - 63.5) < 6 and abs(cols.mean() - 63.5) < 6
-    assert cols.max() - cols.min() >= 120  # the longer side fills the image
+    assert abs(rows.mean() - 63.5) < 4 and abs(cols.mean() - 63.5) < 4
+    assert cols.max() - cols.min() >= 124  # the longer side fills the image
+    h, w = np.ptp(np.nonzero(mask)[0]) + 1, np.ptp(np.nonzero(mask)[1]) + 1
+    assert (rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1) == pytest.approx(h / w, abs=0.05)
+    assert 0.0 <= img.min() and img.max() <= att.max() + 1e-6
+    assert img[0].max() == 0 and img[-1].max() == 0  # padding is open beam
+    other = blob(center=(80, 170), radii=(40, 60), seed=1)
+    assert whole_item_image(att, mask, 64).shape == (64, 64)
+    assert not np.array_equal(whole_item_image(scan_with(other), other, 128), img)
+
+
+def test_items_from_segment_are_accepted():
+    from peelscan.segment import Item
+
+    m = blob(center=(128, 100), radii=(50, 40))
+    rr, cc = np.nonzero(m)
+    r0, r1, c0, c1 = rr.min(), rr.max() + 1, cc.min(), cc.max() + 1
+    item = Item(index=3, r0=r0, c0=c0, r1=r1, c1=c1, area_px=int(m.sum()), mask=m[r0:r1, c0:c1])
+    att = scan_with(m)
+    a, _ = peel_scan(att, [item], PeelConfig(), whole=False)
+    b = cut_tiles(att, m, PeelConfig(), item_index=3)
+    assert len(a) > 0 and (a.item_index == 3).all()
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+
+
+def test_bad_input_is_refused_with_a_reason():
+    m = blob()
+    att = scan_with(m)
+    with pytest.raises(ValueError, match="differs from the scan"):
+        cut_tiles(att, m[:100], PeelConfig())
+    with pytest.raises(ValueError, match="defect_mask"):
+        peel_scan(att, [m], PeelConfig(), np.zeros((5, 5), bool))
+    with pytest.raises(ValueError, match="2-D"):
+        cut_tiles(att[None], m, PeelConfig())
+    for bad in ({"min_coverage": 0}, {"min_coverage": 1.5}, {"fill": "reflect"}, {"stride": 0},
+                {"pixel_mm": 0}, {"peel_depth_mm": -1}, {"tile_size": 2}):
+        with pytest.raises(ValueError, match="PeelConfig"):
+            PeelConfig(**bad)
+    assert PeelConfig.from_dict({**PeelConfig(stride=8).as_dict(), "unknown": 1}) == PeelConfig(stride=8)
+    with pytest.raises(ValueError, match="fixed_size_list"):
+        table_to_pixels(pa.table({"pixels": pa.array([[1.0, 2.0]], pa.list_(pa.float64()))}))
+
+
+def test_table_to_pixels_is_zero_copy_and_handles_slices():
+    m = blob()
+    tiles, _ = peel_scan(scan_with(m), [m], PeelConfig(), whole=False)
+    table = tiles_to_table("l", "s", "train", "good", None, tiles, PeelConfig())
+    px = table_to_pixels(table)
+    buf = table.column("pixels").chunk(0).values.buffers()[1]
+    assert px.ctypes.data == buf.address  # a view of the Arrow buffer, no copy
+    np.testing.assert_array_equal(px, tiles.pixels)
+    np.testing.assert_array_equal(table_to_pixels(table.slice(3, 5)), tiles.pixels[3:8])
+    two = pa.concat_tables([table.slice(0, 4), table.slice(4)])
+    np.testing.assert_array_equal(table_to_pixels(two), tiles.pixels)
+    assert table_to_pixels(TILE_SCHEMA.empty_table()).shape == (0, 32, 32)
+
+
+def test_row_groups_stream_one_at_a_time(tmp_path):
+    m = blob()
+    tiles, _ = peel_scan(scan_with(m), [m], PeelConfig(stride=4), whole=False)
+    table = tiles_to_table("lot-1", "s", "train", "good", None, tiles, 32)
+    store = Store(str(tmp_path))
+    store.write_dataset("lot-1", "tiles", table, row_group_size=64)
+    groups = list(store.iter_row_groups("lot-1", "tiles"))
+    assert len(groups) == -(-table.num_rows // 64) > 1
+    parts = [store.read_row_group(p, g) for p, g in groups]
+    assert max(p.num_rows for p in parts) == 64
+    np.testing.assert_array_equal(np.concatenate([table_to_pixels(p) for p in parts]), tiles.pixels)
+    assert ROW_GROUP_TILES * 32 * 32 * 4 == 8 * 2 ** 20
+
+
+def test_nearest_fill_leaves_no_step_at_the_peel_line_on_a_synthetic_scan():
+    """On a physically rendered scan the nearest fill keeps the peel line below the tissue's
+    own pixel-to-pixel differences; the mean fill does not (docs/peeling.md)."""
+    from peelscan.preprocess import preprocess_scan
+    from peelscan.segment import segment_items
+    from peelscan.synth import machine_for_lot, make_phantom, render_counts, render_dark, render_flat
+
+    rng = np.random.default_rng(77)
+    machine = machine_for_lot(rng, 256)
+    att = preprocess_scan(render_counts(make_phantom(rng), machine, rng), render_dark(machine, rng, (16, 256)),
+                          render_flat(machine, rng, (16, 256))).attenuation
+    items = segment_items(att)
+    assert len(items) == 1
+    m = items[0].full_mask(att.shape)
+    steps = {}
+    for rule in ("nearest", "mean"):
+        cfg = PeelConfig(fill=rule)
+        tiles = cut_tiles(att, m, cfg)
+        assert len(tiles) >= 8
+        peeled = cfg.peeled(m)
+        step, tissue = [], []
+        for px, r, c in zip(tiles.pixels, tiles.tile_row, tiles.tile_col):
+            ins = peeled[r:r + 32, c:c + 32]
+            d, a, b = np.abs(np.diff(px, axis=1)), ins[:, 1:], ins[:, :-1]
+            step.append(d[a != b])
+            tissue.append(d[a & b])
+        steps[rule] = np.concatenate(step).mean() / np.concatenate(tissue).mean()
+    assert steps["nearest"] < 1.0 < 5.0 < steps["mean"], steps
+
+
+def test_pictures_are_pngs_of_the_input():
+    a, b = blob(center=(80, 80), radii=(50, 40)), blob(center=(180, 180), radii=(50, 55), seed=2)
+    att = scan_with(a, b)
+    cfg = PeelConfig()
+    tiles, _ = peel_scan(att, [a, b], cfg, whole=False)
+    png = overlay_png(att, [a, b], [cfg.peeled(a), cfg.peeled(b)], tiles, defect_mask=a & ~cfg.peeled(a))
+    fewer = Tiles(tiles.pixels[:3], tiles.item_index[:3], tiles.tile_row[:3], tiles.tile_col[:3], tiles.coverage[:3])
+    png2 = overlay_png(att, [a, b], [cfg.peeled(a), cfg.peeled(b)], fewer, 32)
+    assert png.startswith(PNG) and png2.startswith(PNG) and png != png2
+    h = coverage_histogram_png(tiles.coverage, cfg.min_coverage)
+    assert h.startswith(PNG) and h != coverage_histogram_png(tiles.coverage[:2])
 
 
 def test_splits_never_leak():
@@ -108,6 +351,17 @@ def test_rerun_replaces_the_dataset(tmp_path):
     for _ in range(2):
         store.write_dataset("lot-1", "tiles", tiles_to_table("lot-1", "s-1", "train", "good", None, tiles, cfg))
     table = store.read_dataset("lot-1", "tiles")
-    assert table.num_rows == len(tiles.pixels)
-    assert pc.count_distinct(pc.binary_join_element_wise(
-        pc.cast(table["tile_row"], "string"), pc.cast(table["tile_col"], "string"), "-")).as_py() == table.num_rows
+    assert table.num_rows == len(tiles)
+    keys = pc.binary_join_element_wise(pc.cast(table["item_index"], "string"), pc.cast(table["tile_row"], "string"),
+                                       pc.cast(table["tile_col"], "string"), "-")
+    assert pc.count_distinct(keys).as_py() == table.num_rows
+
+
+def test_whole_to_table_explicit_boxes_and_mismatch():
+    imgs = [np.zeros((128, 128), np.float32), np.ones((128, 128), np.float32) * 0.5]
+    t = whole_to_table("l", "s", "eval", "good", None, imgs, PeelConfig(), item_boxes=[(1, 2), (3, 4)])
+    assert t["tile_row"].to_pylist() == [1, 3] and t["tile_col"].to_pylist() == [2, 4]
+    assert t["coverage"].to_pylist() == [1.0, 1.0] and t["defect_fraction"].null_count == 2
+    assert t["item_index"].to_pylist() == [0, 1]
+    with pytest.raises(ValueError, match="boxes"):
+        whole_to_table("l", "s", "eval", "good", None, WholeItems(imgs, [(0, 0)]), PeelConfig())
