@@ -249,7 +249,27 @@ def float16_check(scans) -> None:
         buf = io.BytesIO()
         pq.write_table(pa.table({"pixels": col}), buf, compression="zstd")
         sizes[name] = buf.tell() / len(px)
+    # the weakest defect's contrast: noise-free renders of the same tuber with and without a bruise
+    from peelscan.preprocess import preprocess_scan
+    from peelscan.synth import machine_for_lot, make_phantom, render_counts, render_dark, render_flat
+
+    contrast = []
+    for k in range(4):
+        rng = np.random.default_rng(9500 + k)
+        mach = machine_for_lot(rng, 256)
+        dark, flat = render_dark(mach, rng, (32, 256)), render_flat(mach, rng, (32, 256))
+        pair = []
+        for defect in ("bruise", None):
+            ph = make_phantom(np.random.default_rng(9600 + k), defect=defect)
+            raw = render_counts(ph, mach, np.random.default_rng(0), noise=False)
+            pair.append((preprocess_scan(raw, dark, flat).attenuation, ph.defect_mask))
+        (with_d, dm), (without, _) = pair
+        diff = np.abs(with_d - without)[dm]
+        contrast.append((diff.mean(), diff.max()))
+    contrast = np.array(contrast)
     print("\n### float32 vs float16 pixels\n")
+    print(f"bruise contrast (4 noise-free pairs, normalised attenuation over its mask): mean "
+          f"{contrast[:, 0].min():.4f}..{contrast[:, 0].max():.4f}, peak {contrast[:, 1].min():.4f}..{contrast[:, 1].max():.4f}")
     print(f"{len(px)} tiles, values {px.min():.3f}..{px.max():.3f}; float16 round-off: RMS {np.sqrt((err ** 2).mean()):.2e}, "
           f"max {np.abs(err).max():.2e}; pixel noise (residual of a 1-px Gaussian) RMS {hf.std():.2e}; "
           f"Parquet zstd {sizes['float32'] / 1024:.2f} KiB/tile (float32) vs {sizes['float16'] / 1024:.2f} KiB/tile (float16)")
