@@ -300,7 +300,9 @@ def cut_tiles(attenuation: np.ndarray, item_mask: np.ndarray, config: PeelConfig
     inside = np.lib.stride_tricks.sliding_window_view(peeled, (t, t))[rows, cols]
     if cover.min() < 1.0:
         if cfg.fill == "nearest":
-            fbox = (int(rows.min()), int(rows.max()) + t, int(cols.min()), int(cols.max()) + t)
+            # the kept tiles and every peeled pixel of the item: the nearest one may lie beyond the tiles
+            fbox = (min(a0, int(rows.min())), max(a1, int(rows.max()) + t),
+                    min(b0, int(cols.min())), max(b1, int(cols.max()) + t))
             filled = _fill_nearest(att, peeled, fbox)
             fw = np.lib.stride_tricks.sliding_window_view(filled, (t, t))[rows - fbox[0], cols - fbox[2]]
             pixels = np.where(inside, pixels, fw)

@@ -365,3 +365,19 @@ def test_whole_to_table_explicit_boxes_and_mismatch():
     assert t["item_index"].to_pylist() == [0, 1]
     with pytest.raises(ValueError, match="boxes"):
         whole_to_table("l", "s", "eval", "good", None, WholeItems(imgs, [(0, 0)]), PeelConfig())
+
+
+def test_nearest_fill_looks_beyond_the_kept_tiles():
+    """The nearest peeled pixel of the item may lie outside every kept tile (a thin arm of
+    tissue above the tile): the fill must take it, not a farther pixel inside the tile."""
+    mask = np.zeros((128, 128), bool)
+    mask[32:64, 32:64] = True
+    mask[32:40, 56:64] = False  # an 8×8 notch in the tile's top-right corner
+    mask[30:32, 50:71] = True  # the arm, rows 30-31: no tile of its own
+    att = np.random.default_rng(5).uniform(0.2, 0.6, mask.shape).astype(np.float32)
+    cfg = PeelConfig(peel_depth_mm=0.0)
+    tiles = cut_tiles(att, mask, cfg)
+    assert list(zip(tiles.tile_row.tolist(), tiles.tile_col.tolist())) == [(32, 32)]
+    tile = tiles.pixels[0]
+    assert tile[0, 31] == att[31, 63]  # the arm pixel right above, at distance 1
+    check_fill(tile, att, att[32:64, 32:64], mask[32:64, 32:64], mask, 32, 32, "nearest")
