@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import instance_for_test, materialize
 
 
 def _free_port() -> int:
@@ -48,13 +48,13 @@ def test_lot_from_s3_to_s3_lake(s3_server, tmp_path, monkeypatch):
     fs = s3fs.S3FileSystem()
     fs.put(str(local / lots[0]), f"plant/landing/{lots[0]}", recursive=True)
     monkeypatch.setenv("PEELSCAN_HOME", str(tmp_path / "var"))
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("lots", lots)
     res = {"scan_store": ScanStoreResource(uri="s3://plant/landing"),
            "lake": LakeResource(uri="s3://plant/lake"),
            "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb"))}
-    result = materialize([raw_scans, preprocessed_scans, items, peeled_tiles], partition_key=lots[0],
-                         resources=res, instance=instance)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("lots", lots)
+        result = materialize([raw_scans, preprocessed_scans, items, peeled_tiles], partition_key=lots[0],
+                             resources=res, instance=instance)
     assert result.success
     lake = Store("s3://plant/lake")
     raw = lake.read_dataset(lots[0], "raw")
