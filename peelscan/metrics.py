@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numba
 import numpy as np
+import scipy.fft as sp_fft
 import torch
 import torch.nn.functional as F
 
@@ -201,10 +204,13 @@ def _imed_matrix(n: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _PCFilters:
-    filters: torch.Tensor  # (O*S, H, W) real, orientation-major, zero frequency at [0, 0]
-    sym: torch.Tensor  # (O*S, H, W) complex: (G(k) + G(-k)) / 2
-    anti: torch.Tensor  # (O*S, H, W) complex: (G(k) - G(-k)) / 2i
-    alpha: torch.Tensor  # (O,) noise threshold T = alpha_o * sqrt(median |EO_o,0|^2)
+    """The log-Gabor bank in the layout the kernels read: each frequency bin appears twice, once
+    per lane of the complex spectrum ``Fz = Fx + i Fy`` viewed as (re, im) pairs."""
+
+    sym2: np.ndarray  # (O*S, 2*H*W) (G(k) + G(-k)) / 2 on both lanes (real, even)
+    anti2: np.ndarray  # (O*S, 2*H*W) (G(k) - G(-k)) / 2 on lane re, its negative on lane im
+    alpha: np.ndarray  # (O,) noise threshold T = alpha_o * median |EO_o,0|
+    eps: np.floating  # machine epsilon of the dtype (piq's eps in the phase-congruency ratio)
 
 
 def _pc_filters(h: int, w: int, dtype: torch.dtype) -> _PCFilters:
@@ -257,17 +263,248 @@ def _pc_filters(h: int, w: int, dtype: torch.dtype) -> _PCFilters:
         k_o = np.where(np.isfinite(k_o) & (k_o > 0), k_o, 0.0)
         c = (math.sqrt(math.pi / 2) + _FSIM_K * math.sqrt(2 - math.pi / 2)) / 1.7
         alpha = np.sqrt(k_o / (2 * math.log(2))) * c
-        flat = filt.reshape(O * S, h, w)
-        mirrored = np.roll(flat[:, ::-1, ::-1], (1, 1), axis=(1, 2))  # G(-k)
-        cdt = torch.complex128 if dtype == torch.float64 else torch.complex64
+        flat = filt.reshape(O * S, h * w)
+        mirrored = np.roll(filt.reshape(O * S, h, w)[:, ::-1, ::-1], (1, 1), axis=(1, 2)).reshape(O * S, h * w)
+        sym2 = np.repeat((flat + mirrored) / 2, 2, axis=1)
+        anti2 = np.repeat((flat - mirrored) / 2, 2, axis=1)
+        anti2[:, 1::2] *= -1.0
+        nd = np.float64 if dtype == torch.float64 else np.float32
         return _PCFilters(
-            torch.from_numpy(flat).to(dtype).contiguous(),
-            torch.from_numpy((flat + mirrored) / 2 + 0j).to(cdt).contiguous(),
-            torch.from_numpy((flat - mirrored) / 2j).to(cdt).contiguous(),
-            torch.from_numpy(alpha).to(dtype),
+            np.ascontiguousarray(sym2, dtype=nd),
+            np.ascontiguousarray(anti2, dtype=nd),
+            alpha.astype(nd),
+            nd(np.finfo(nd).eps),
         )
 
     return _cached(("pc", h, w, dtype), build)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# FSIM kernels (numba; compiled on first use per dtype and cached on disk)
+# --------------------------------------------------------------------------------------------
+# The FFTs are scipy's pocketfft; everything between and after them is one pass per step in
+# these kernels, on data that stays in the core's cache (a chunk of a few pairs per thread).
+# error_model="numpy" lets LLVM vectorise the divisions (no ZeroDivisionError branch).
+
+_NJIT = dict(nogil=True, cache=True, error_model="numpy")
+
+
+@numba.njit(**_NJIT)
+def _nb_interleave(x, y, z):  # pragma: no cover - compiled
+    """x, y (B, HW) real -> z (B, 2 HW): the real view of the complex images x + i y."""
+    for i in range(x.shape[0]):
+        for p in range(x.shape[1]):
+            z[i, 2 * p] = x[i, p]
+            z[i, 2 * p + 1] = y[i, p]
+
+
+@numba.njit(**_NJIT)
+def _nb_spectra(fz, sym2, anti2, out):  # pragma: no cover - compiled
+    """Filtered spectra of one chunk. fz (B, 2HW) real view of Fz = Fx + i Fy; out (B, 2F, 2HW)
+    real view of the complex products: [:, :F] = Fz Gs, [:, F:] = Fz Ga / i, where
+    Fz Ga / i = Ga (Im Fz, -Re Fz) (``anti2`` carries the sign per lane)."""
+    nf = sym2.shape[0]
+    q2 = fz.shape[1]
+    sw = np.empty(q2, fz.dtype)
+    for i in range(fz.shape[0]):
+        for q in range(0, q2, 2):
+            sw[q] = fz[i, q + 1]
+            sw[q + 1] = fz[i, q]
+        for f in range(nf):
+            for q in range(q2):
+                out[i, f, q] = fz[i, q] * sym2[f, q]
+            for q in range(q2):
+                out[i, nf + f, q] = sw[q] * anti2[f, q]
+
+
+@numba.njit(**_NJIT)
+def _nb_kth(a, k):  # pragma: no cover - compiled
+    """k-th smallest element of a (reordered in place): Hoare quickselect, median-of-3 pivot."""
+    lo = 0
+    hi = a.shape[0] - 1
+    while hi > lo:
+        mid = (lo + hi) // 2
+        p0, p1, p2 = a[lo], a[mid], a[hi]
+        if p0 > p1:
+            p0, p1 = p1, p0
+        if p1 > p2:
+            p1 = p2
+            if p0 > p1:
+                p1 = p0
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < p1:
+                i += 1
+            while a[j] > p1:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]
+
+
+@numba.njit(**_NJIT)
+def _nb_strided_kth(v, start, n, k, buf, smp):  # pragma: no cover - compiled
+    """k-th smallest of v[start], v[start + 2], ..., v[start + 2 (n - 1)] (one lane of an
+    interleaved x/y array), exactly, without data-dependent branches in the long loop: a strided
+    sample of ``len(smp)`` values brackets the rank k, one pass counts the values below the
+    bracket and gathers those inside it into buf, and quickselect finishes on the gathered
+    ones. Falls back to quickselect on all n if the bracket misses (the result is the same
+    either way; only the time differs)."""
+    m = smp.shape[0]
+    if n > 8 * m:
+        for j in range(m):
+            smp[j] = v[start + 2 * ((j * n) // m + n // (2 * m))]
+        smp.sort()
+        jk = (k * m) // n
+        lo = smp[max(0, jk - 5)]
+        hi = smp[min(m - 1, jk + 5)]
+        below = 0
+        c = 0
+        for p in range(n):
+            a = v[start + 2 * p]
+            below += np.int32(a < lo)
+            buf[c] = a
+            c += np.int32((a >= lo) & (a <= hi))
+        if below <= k < below + c:
+            return _nb_kth(buf[:c], k - below)
+    for p in range(n):
+        buf[p] = v[start + 2 * p]
+    return _nb_kth(buf[:n], k)
+
+
+@numba.njit(**_NJIT)
+def _nb_phase_congruency(r, alpha, eps, A, an0, san, buf, smp, pc):  # pragma: no cover - compiled
+    """Phase congruency (phasecong2) of one pair from its 2 x O*S filter responses.
+
+    r (2 O S, 2HW): real view of ifft(Fz Gs) = e_x + i e_y (rows :OS) and ifft(Fz Ga / i) =
+    o_x + i o_y (rows OS:), orientation-major; each lane is one pixel of x (even lanes) or y
+    (odd lanes) and every step is per lane. A, an0 (O, 2HW), san (2HW,), buf (HW,), smp (64,)
+    scratch;
+    pc (2HW,) out, interleaved x/y like the lanes.
+
+    Per orientation: ``E = sum_s(e_s m_e + o_s m_o) - sum_s |e_s m_o - o_s m_e| - T`` with
+    ``(m_e, m_o) = (sum e, sum o) / (|sum EO| + eps)``, i.e. ``(|sum EO|^2 - sum_s |e_s sum o -
+    o_s sum e|) / (|sum EO| + eps)``; T from the lower median of the finest-scale amplitude;
+    ``PC = (sum_o max(E_o, 0) + eps) / (sum_o,s |EO| + eps)``.
+    """
+    O = 4
+    S = 4
+    OS = O * S
+    q2 = r.shape[1]
+    hw = q2 // 2
+    for q in range(q2):
+        san[q] = 0
+    for o in range(O):
+        b0 = o * S
+        for q in range(q2):
+            e0 = r[b0, q]
+            e1 = r[b0 + 1, q]
+            e2 = r[b0 + 2, q]
+            e3 = r[b0 + 3, q]
+            o0 = r[OS + b0, q]
+            o1 = r[OS + b0 + 1, q]
+            o2 = r[OS + b0 + 2, q]
+            o3 = r[OS + b0 + 3, q]
+            a0 = np.sqrt(e0 * e0 + o0 * o0)
+            an0[o, q] = a0
+            san[q] += ((a0 + np.sqrt(e1 * e1 + o1 * o1)) + np.sqrt(e2 * e2 + o2 * o2)) + np.sqrt(e3 * e3 + o3 * o3)
+            se = ((e0 + e1) + e2) + e3
+            so = ((o0 + o1) + o2) + o3
+            n2 = se * se + so * so
+            cr = ((abs(e0 * so - o0 * se) + abs(e1 * so - o1 * se)) + abs(e2 * so - o2 * se)) + abs(e3 * so - o3 * se)
+            A[o, q] = (n2 - cr) / (np.sqrt(n2) + eps)
+    k = (hw - 1) // 2
+    zero = eps - eps
+    for q in range(q2):
+        pc[q] = 0
+    for o in range(O):
+        tx = _nb_strided_kth(an0[o], 0, hw, k, buf, smp) * alpha[o]
+        ty = _nb_strided_kth(an0[o], 1, hw, k, buf, smp) * alpha[o]
+        for p in range(hw):
+            pc[2 * p] += max(A[o, 2 * p] - tx, zero)
+            pc[2 * p + 1] += max(A[o, 2 * p + 1] - ty, zero)
+    for q in range(q2):
+        pc[q] = (pc[q] + eps) / (san[q] + eps)
+
+
+@numba.njit(**_NJIT)
+def _nb_scharr(img, pad, g):  # pragma: no cover - compiled
+    """Gradient magnitude of img (H, W) with the Scharr kernel / 16 and zero padding
+    (FeatureSIM.m, piq). pad (H+2, W+2) scratch, g (H, W) out."""
+    h, w = img.shape
+    for i in range(h + 2):
+        for j in range(w + 2):
+            pad[i, j] = 0
+    for i in range(h):
+        for j in range(w):
+            pad[i + 1, j + 1] = img[i, j]
+    for i in range(h):
+        for j in range(w):
+            gx = (
+                3.0 * (pad[i, j + 2] - pad[i, j]) + 10.0 * (pad[i + 1, j + 2] - pad[i + 1, j])
+                + 3.0 * (pad[i + 2, j + 2] - pad[i + 2, j])
+            ) / 16.0
+            gy = (
+                3.0 * (pad[i + 2, j] - pad[i, j]) + 10.0 * (pad[i + 2, j + 1] - pad[i, j + 1])
+                + 3.0 * (pad[i + 2, j + 2] - pad[i, j + 2])
+            ) / 16.0
+            g[i, j] = np.sqrt(gx * gx + gy * gy)
+
+
+@numba.njit(**_NJIT)
+def _nb_fsim_chunk(r, x, y, alpha, eps, t1, t2, out, pcs, keep_pc):  # pragma: no cover - compiled
+    """FSIM of each pair of a chunk from its filter responses r (B, 2 O S, 2HW) and the
+    0..255 images x, y (B, H, W); out (B,) float64. keep_pc: also write the phase-congruency
+    maps to pcs (B, 2HW) (x/y interleaved)."""
+    nb_, _, q2 = r.shape
+    h, w = x.shape[1], x.shape[2]
+    hw = h * w
+    dt = r.dtype
+    A = np.empty((4, q2), dt)
+    an0 = np.empty((4, q2), dt)
+    san = np.empty(q2, dt)
+    buf = np.empty(hw, dt)
+    smp = np.empty(64, dt)
+    pc = np.empty(q2, dt)
+    pad = np.empty((h + 2, w + 2), x.dtype)
+    gx = np.empty((h, w), x.dtype)
+    gy = np.empty((h, w), x.dtype)
+    for i in range(nb_):
+        _nb_phase_congruency(r[i], alpha, eps, A, an0, san, buf, smp, pc)
+        if keep_pc:
+            for q in range(q2):
+                pcs[i, q] = pc[q]
+        _nb_scharr(x[i], pad, gx)
+        _nb_scharr(y[i], pad, gy)
+        num = 0.0
+        den = 0.0
+        tot = 0.0
+        for a in range(h):
+            for b in range(w):
+                p = a * w + b
+                px = pc[2 * p]
+                py = pc[2 * p + 1]
+                u = gx[a, b]
+                v = gy[a, b]
+                ppc = px * py
+                s_pc = (ppc + ppc + t1) / (px * px + py * py + t1)
+                pg = u * v
+                s_g = (pg + pg + t2) / (u * u + v * v + t2)
+                s_l = np.float64(s_pc * s_g)
+                m = np.float64(max(px, py))
+                num += s_l * m
+                den += m
+                tot += s_l
+        # no phase congruency anywhere in either tile: weight all pixels equally
+        out[i] = num / den if den > 0 else tot / hw
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,104 +512,82 @@ def _pc_filters(h: int, w: int, dtype: torch.dtype) -> _PCFilters:
 # --------------------------------------------------------------------------------------------
 
 
-def _lower_median(v: torch.Tensor) -> torch.Tensor:
-    """Lower median along the last axis (torch.median's convention), via numpy's introselect
-    (about 3x faster than torch.kthvalue on CPU for these sizes)."""
-    n = v.shape[-1]
-    k = (n - 1) // 2
-    part = np.partition(v.detach().contiguous().numpy(), k, axis=-1)[..., k]
-    return torch.from_numpy(np.ascontiguousarray(part))
-
-
-def _phase_congruency_pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phase congruency (phasecong2, Kovesi 1999/2003, with FSIM's parameters) of two (B, H, W)
-    batches on a 0-255 intensity scale. Returns two (B, H, W) maps in [0, 1].
-
-    The two real images travel as one complex image ``z = x + i y``: one forward FFT gives both
-    spectra. Each log-Gabor filter G is split into its symmetric part Gs and antisymmetric part
-    Ga (``G(k) = Gs(k) + Ga(k)``); for a real image ``Re ifft(F G) = ifft(F Gs)`` and
-    ``Im ifft(F G) = ifft(F Ga / i)``, so ``ifft(Fz Gs) = e_x + i e_y`` and
-    ``ifft(Fz Ga / i) = o_x + i o_y``: the 2 x 16 inverse FFTs per pair that the even and odd
-    responses need, with x and y interleaved in the same layout, so every later step is
-    contiguous real arithmetic on (..., 2) arrays. ``sum_s (e_s m_e + o_s m_o)`` equals
-    ``|sum_s EO_s|`` and is not formed per scale.
-    """
-    B, H, W = x.shape
-    dt = x.dtype
-    eps = torch.finfo(dt).eps
-    pcf = _pc_filters(H, W, dt)
-    O, S = _FSIM_ORIENTATIONS, _FSIM_SCALES
-    cdt = pcf.sym.dtype
-    ws = _workspace((B, H, W, dt))
-    buf = ws.get("c", (B, O * S, H, W), cdt)
-    ev_c = ws.get("ev", (B, O * S, H, W), cdt)
-    od_c = ws.get("od", (B, O * S, H, W), cdt)
-    spec = torch.fft.fft2(torch.complex(x, y)).unsqueeze(1)  # (B, 1, H, W) = Fx + i Fy
-    torch.fft.ifft2(torch.mul(spec, pcf.sym, out=buf), out=ev_c)
-    torch.fft.ifft2(torch.mul(spec, pcf.anti, out=buf), out=od_c)
-    ev = torch.view_as_real(ev_c).view(B, O, S, H, W, 2)  # (e_x, e_y)
-    od = torch.view_as_real(od_c).view(B, O, S, H, W, 2)  # (o_x, o_y)
-    an = torch.mul(ev, ev, out=ws.get("an", (B, O, S, H, W, 2), dt))
-    an.addcmul_(od, od).sqrt_()  # |EO|, (B, O, S, H, W, 2)
-    an_sum = an.sum(dim=(1, 2))  # (B, H, W, 2)
-    # noise threshold from the (lower, as torch.median / piq) median of |EO|^2 at the finest
-    # scale; the median of |EO|^2 is the square of the median of |EO|
-    med = _lower_median(an[:, :, 0].movedim(-1, 1).reshape(B, 2, O, H * W))  # (B, 2, O)
-    thresh = (med * pcf.alpha).movedim(1, -1).reshape(B, O, 1, 1, 2)
-    sum_e = ev.sum(dim=2)  # (B, O, H, W, 2)
-    sum_o = od.sum(dim=2)
-    norm2 = sum_e * sum_e
-    norm2.addcmul_(sum_o, sum_o)
-    norm = norm2.sqrt().add_(eps)
-    me = (sum_e / norm).unsqueeze(2)
-    mo = (sum_o / norm).unsqueeze(2)
-    # sum_s |e_s m_o - o_s m_e|, reusing the |EO| buffer (no longer needed)
-    t = torch.mul(ev, mo, out=an)
-    t.sub_(torch.mul(od, me, out=torch.view_as_real(buf).view(B, O, S, H, W, 2)))
-    cross = t.abs_().sum(dim=2)
-    energy = norm2.div_(norm).sub_(cross).sub_(thresh)
-    energy = energy.clamp_min_(0).sum(dim=1)  # (B, H, W, 2)
-    pc = (energy + eps) / (an_sum + eps)
-    return pc[..., 0], pc[..., 1]
-
-
-class _Workspace:
-    """Reusable scratch tensors for one chunk shape (avoids re-faulting fresh pages for every
-    multi-megabyte temporary, which costs more than the arithmetic at these sizes)."""
-
-    def __init__(self) -> None:
-        self.bufs: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        key = (name, shape, dtype)
-        t = self.bufs.get(key)
-        if t is None:
-            t = self.bufs[key] = torch.empty(shape, dtype=dtype)
-        return t
-
-
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
 _tls = threading.local()
 
 
-def _workspace(key: tuple) -> _Workspace:
-    """Per-thread workspace for a chunk shape; at most two shapes are kept (the full chunk and
-    the last, shorter one)."""
-    spaces: dict[tuple, _Workspace] = getattr(_tls, "spaces", None) or {}
-    _tls.spaces = spaces
-    ws = spaces.get(key)
-    if ws is None:
-        if len(spaces) >= 2:
-            spaces.pop(next(iter(spaces)))
-        ws = spaces[key] = _Workspace()
-    return ws
+def _thread_pool(nt: int) -> ThreadPoolExecutor:
+    """A shared pool of ``nt`` worker threads (``torch.get_num_threads()`` at the call)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != nt:
+            _pool = (nt, ThreadPoolExecutor(max_workers=nt, thread_name_prefix="peelscan-metrics"))
+        return _pool[1]
 
 
-def _scharr_magnitude(img: torch.Tensor) -> torch.Tensor:
-    """Gradient magnitude with the Scharr kernel /16 and zero padding (FeatureSIM.m, piq)."""
-    k = torch.tensor([[-3.0, 0.0, 3.0], [-10.0, 0.0, 10.0], [-3.0, 0.0, 3.0]], dtype=img.dtype) / 16
-    kernels = torch.stack([k, k.t()]).unsqueeze(1)
-    g = F.conv2d(img.unsqueeze(1), kernels, padding=1)
-    return g.square().sum(1).sqrt()
+def _scratch(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Per-thread reusable buffer (fresh multi-MB temporaries cost more in page faults than the
+    arithmetic done on them); keeps the last shape per name."""
+    bufs: dict = getattr(_tls, "bufs", None) or {}
+    _tls.bufs = bufs
+    a = bufs.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = bufs[name] = np.empty(shape, dtype)
+    return a
+
+
+def _fsim_pairs(x: np.ndarray, y: np.ndarray, keep_pc: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """FSIM (and optionally the phase-congruency maps) of pairs of 0..255 images.
+
+    Args:
+        x, y: (N, H, W) C-contiguous float32 or float64 arrays on the 0..255 scale (already
+            pooled as FSIM pools).
+        keep_pc: also return the phase-congruency maps.
+
+    Returns:
+        (N,) float64 FSIM values and, if ``keep_pc``, (N, H, W, 2) maps of x ([..., 0]) and y.
+
+    Pipeline per chunk of a few pairs (about 1 MiB of responses, so that it stays in the core's
+    L2 cache), chunks spread over ``torch.get_num_threads()`` threads: x and y travel as one
+    complex image ``z = x + i y`` (one forward FFT gives both spectra); each log-Gabor filter G is
+    split into its even part Gs and odd part Ga, and since the images are real
+    ``ifft(Fz Gs) = e_x + i e_y`` and ``ifft(Fz Ga / i) = o_x + i o_y``: the 2 x 16 inverse FFTs
+    per pair are the minimum for the 64 real responses, and x and y stay interleaved as lanes
+    that every later step treats alike.
+    """
+    n, h, w = x.shape
+    nd = x.dtype
+    cdt = np.complex128 if nd == np.float64 else np.complex64
+    pcf = _pc_filters(h, w, torch.float64 if nd == np.float64 else torch.float32)
+    nf = _FSIM_ORIENTATIONS * _FSIM_SCALES
+    out = np.empty(n, np.float64)
+    pcs = np.empty((n, 2 * h * w) if keep_pc else (1, 1), nd)
+    t1, t2 = nd.type(_FSIM_T1), nd.type(_FSIM_T2)
+    step = max(1, (1 << 20) // (2 * nf * h * w * np.dtype(cdt).itemsize))
+
+    def work(i0: int) -> None:
+        i1 = min(n, i0 + step)
+        b = i1 - i0
+        z = _scratch("z", (b, h, w), np.dtype(cdt))
+        _nb_interleave(x[i0:i1].reshape(b, -1), y[i0:i1].reshape(b, -1), z.view(nd).reshape(b, -1))
+        fz = sp_fft.fft2(z, workers=1, overwrite_x=True)
+        resp = _scratch("resp", (b, 2 * nf, h, w), np.dtype(cdt))
+        _nb_spectra(fz.view(nd).reshape(b, -1), pcf.sym2, pcf.anti2, resp.view(nd).reshape(b, 2 * nf, -1))
+        resp = sp_fft.ifft2(resp, workers=1, overwrite_x=True)
+        _nb_fsim_chunk(
+            resp.view(nd).reshape(b, 2 * nf, -1), x[i0:i1], y[i0:i1], pcf.alpha, pcf.eps, t1, t2,
+            out[i0:i1], pcs[i0:i1] if keep_pc else pcs, keep_pc,
+        )
+
+    starts = list(range(0, n, step))
+    nt = torch.get_num_threads()
+    if nt > 1 and len(starts) > 1:
+        list(_thread_pool(nt).map(work, starts))
+    else:
+        for i0 in starts:
+            work(i0)
+    return out, (pcs.reshape(n, h, w, 2) if keep_pc else None)
 
 
 def _prewitt_magnitude(img: torch.Tensor) -> torch.Tensor:
@@ -528,31 +743,19 @@ class _Batch:
         return self._get("ssim", lambda: self.ssim_map.to(torch.float64).mean(dim=(1, 2)))  # type: ignore
 
     # FSIM ----------------------------------------------------------------------------------
-    def _fsim_inputs(self):
+    def fsim_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """x and y on FSIM's 0..255 scale, average-pooled by max(1, round(min(H, W) / 256)) as
+        FeatureSIM.m and piq do; C-contiguous numpy arrays of the batch's dtype."""
+
         def build():
             k = max(1, round(min(self.h, self.w) / 256))
             both = torch.cat([self.x, self.y]) * (255.0 / self.dr)
             if k > 1:
                 both = F.avg_pool2d(both.unsqueeze(1), k).squeeze(1)
-            return both
+            a = both.contiguous().numpy()
+            return a[: self.n], a[self.n :]
 
-        return self._get("fsim_in", build)
-
-    @property
-    def pc(self) -> tuple[torch.Tensor, torch.Tensor]:
-        def build():
-            both = self._fsim_inputs()
-            return _phase_congruency_pair(both[: self.n], both[self.n :])  # type: ignore[index]
-
-        return self._get("pc", build)  # type: ignore[return-value]
-
-    @property
-    def scharr(self) -> tuple[torch.Tensor, torch.Tensor]:
-        def build():
-            g = _scharr_magnitude(self._fsim_inputs())  # type: ignore[arg-type]
-            return g[: self.n], g[self.n :]
-
-        return self._get("scharr", build)  # type: ignore[return-value]
+        return self._get("fsim_in", build)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,16 +863,8 @@ def _gmsd(b: _Batch) -> torch.Tensor:
 
 
 def _fsim(b: _Batch) -> torch.Tensor:
-    pcx, pcy = b.pc
-    gx, gy = b.scharr
-    s_pc = (2 * pcx * pcy + _FSIM_T1) / (pcx * pcx + pcy * pcy + _FSIM_T1)
-    s_g = (2 * gx * gy + _FSIM_T2) / (gx * gx + gy * gy + _FSIM_T2)
-    pc_max = torch.maximum(pcx, pcy).to(torch.float64)
-    s_l = (s_pc * s_g).to(torch.float64)
-    num = (s_l * pc_max).sum(dim=(1, 2))
-    den = pc_max.sum(dim=(1, 2))
-    # no phase congruency anywhere in either tile: weight all pixels equally
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), s_l.mean(dim=(1, 2)))
+    x, y = b.fsim_inputs()
+    return torch.from_numpy(_fsim_pairs(x, y)[0])
 
 
 def _joint_entropy_counts(b: _Batch) -> torch.Tensor:
@@ -751,11 +946,10 @@ _IMPL: dict[str, Callable[[_Batch], torch.Tensor]] = {
 
 
 def _chunk_size(h: int, w: int, fsim_group: bool) -> int:
-    """Tiles per chunk. FSIM's working set (2 x 16 complex responses per pair plus the
-    reused scratch) is kept near 8 MiB, about what the caches hold; the other measures work on
-    up to 64 MiB of float64 moment stacks at a time."""
+    """Tiles per chunk. FSIM takes the whole batch (:func:`_fsim_pairs` chunks and threads it
+    itself); the other measures work on up to 64 MiB of float64 moment stacks at a time."""
     if fsim_group:
-        return max(1, (8 << 20) // (2 * 16 * h * w * 8))
+        return 1 << 62
     return max(1, (64 << 20) // (h * w * 8 * 12))
 
 
@@ -962,9 +1156,9 @@ def phase_congruency(x, data_range: float = 1.0) -> np.ndarray:
     """
     xt, _, dr = _prepare(x, x, data_range)
     with torch.no_grad():
-        b = _Batch(xt, xt, dr)
-        both = b._fsim_inputs()
-        return _phase_congruency_pair(both[: b.n], both[b.n :])[0].to(torch.float64).numpy()  # type: ignore
+        xs, _ = _Batch(xt, xt, dr).fsim_inputs()
+    pcs = _fsim_pairs(xs, xs, keep_pc=True)[1]
+    return pcs[..., 0].astype(np.float64)  # type: ignore[index]
 
 
 @dataclass(frozen=True)
