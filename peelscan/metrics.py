@@ -512,6 +512,156 @@ def _nb_fsim_chunk(r, x, y, alpha, eps, t1, t2, out, pcs, keep_pc):  # pragma: n
 # --------------------------------------------------------------------------------------------
 
 
+@numba.njit(**_NJIT)
+def _nb_canny(img, low, high, mag, mp, stack, edge):  # pragma: no cover - compiled
+    """OpenCV's cv2.Canny(img, low, high) on one (H, W) int32 image in 0..255: 3x3 Sobel with
+    replicated borders, L1 magnitude, OpenCV's fixed-point non-maximum suppression, hysteresis
+    over 8-neighbours (a flood fill from the strong pixels through the candidates). mag (H, W),
+    mp (H+2, W+2) int32, stack (H*W,) int64 scratch; edge (H, W) uint8 out."""
+    h, w = img.shape
+    for i in range(h + 2):
+        for j in range(w + 2):
+            mp[i, j] = 0
+    dxs = np.empty((h, w), np.int32)
+    dys = np.empty((h, w), np.int32)
+    for i in range(h):
+        im = max(i - 1, 0)
+        ip = min(i + 1, h - 1)
+        for j in range(w):
+            jm = max(j - 1, 0)
+            jp = min(j + 1, w - 1)
+            dx = (img[im, jp] + 2 * img[i, jp] + img[ip, jp]) - (img[im, jm] + 2 * img[i, jm] + img[ip, jm])
+            dy = (img[ip, jm] + 2 * img[ip, j] + img[ip, jp]) - (img[im, jm] + 2 * img[im, j] + img[im, jp])
+            dxs[i, j] = dx
+            dys[i, j] = dy
+            m = abs(dx) + abs(dy)
+            mag[i, j] = m
+            mp[i + 1, j + 1] = m
+    top = 0
+    for i in range(h):
+        for j in range(w):
+            edge[i, j] = 0
+            c = mag[i, j]
+            if c <= low:
+                continue
+            dx = dxs[i, j]
+            dy = dys[i, j]
+            ax = abs(dx)
+            ay = abs(dy)
+            tg22 = ax * 13573  # round(tan(22.5 deg) * 2^15)
+            yv = ay * 32768
+            if yv < tg22:
+                keep = c > mp[i + 1, j] and c >= mp[i + 1, j + 2]
+            elif yv > tg22 + ax * 65536:
+                keep = c > mp[i, j + 1] and c >= mp[i + 2, j + 1]
+            elif (dx ^ dy) >= 0:
+                keep = c > mp[i, j] and c > mp[i + 2, j + 2]
+            else:
+                keep = c > mp[i, j + 2] and c > mp[i + 2, j]
+            if keep:
+                edge[i, j] = 1  # candidate
+                if c > high:
+                    edge[i, j] = 2  # strong edge
+                    stack[top] = i * w + j
+                    top += 1
+    while top > 0:
+        top -= 1
+        p = stack[top]
+        i = p // w
+        j = p - i * w
+        for a in range(max(i - 1, 0), min(i + 2, h)):
+            for b in range(max(j - 1, 0), min(j + 2, w)):
+                if edge[a, b] == 1:
+                    edge[a, b] = 2
+                    stack[top] = a * w + b
+                    top += 1
+    for i in range(h):
+        for j in range(w):
+            edge[i, j] = edge[i, j] == 2
+
+
+@numba.njit(**_NJIT)
+def _nb_edge_correlation(u8x, u8y, low, high, out):  # pragma: no cover - compiled
+    """Pearson correlation of the Canny edge maps of u8x[i] and u8y[i] (int32, (B, H, W));
+    both maps constant: 1 if equal else 0. out (B,) float64."""
+    nb_, h, w = u8x.shape
+    mag = np.empty((h, w), np.int32)
+    mp = np.empty((h + 2, w + 2), np.int32)
+    stack = np.empty(h * w, np.int64)
+    ex = np.empty((h, w), np.uint8)
+    ey = np.empty((h, w), np.uint8)
+    n = h * w
+    for i in range(nb_):
+        _nb_canny(u8x[i], low, high, mag, mp, stack, ex)
+        _nb_canny(u8y[i], low, high, mag, mp, stack, ey)
+        sg = 0
+        sh = 0
+        sgh = 0
+        same = True
+        for a in range(h):
+            for b in range(w):
+                g = np.int64(ex[a, b])
+                e = np.int64(ey[a, b])
+                sg += g
+                sh += e
+                sgh += g * e
+                same = same and g == e
+        # centred sums, as the mean-removed float64 formula
+        vg = sg - sg * sg / n
+        vh = sh - sh * sh / n
+        den = np.sqrt(vg * vh)
+        if den > 0:
+            out[i] = (sgh - sg * sh / n) / den
+        else:
+            out[i] = 1.0 if same else 0.0
+
+
+@numba.njit(**_NJIT)
+def _nb_hist_bins(v, nb, idx):  # pragma: no cover - compiled
+    """numpy.histogram bins (nb equal bins over v's own min..max, a flat v spans value +- 0.5;
+    bin i holds edges[i] <= v < edges[i+1], the last also v == max) of a 1-D float64 v."""
+    lo = v[0]
+    hi = v[0]
+    for p in range(v.shape[0]):
+        lo = min(lo, v[p])
+        hi = max(hi, v[p])
+    if lo == hi:
+        lo -= 0.5
+        hi += 0.5
+    step = (hi - lo) / nb
+    for p in range(v.shape[0]):
+        k = int(np.floor((v[p] - lo) / step))
+        k = min(max(k, 0), nb - 1)
+        # the arithmetic guess, corrected by one bin where rounding put it across an edge
+        if v[p] < lo + k * step:
+            k -= 1
+        upper = hi if k + 1 >= nb else lo + (k + 1) * step
+        if v[p] >= upper:
+            k += 1
+        idx[p] = min(max(k, 0), nb - 1)
+
+
+@numba.njit(**_NJIT)
+def _nb_joint_entropy_counts(x, y, nb, out):  # pragma: no cover - compiled
+    """-sum(c log2 c) over the nb x nb joint histogram counts of x[i] and y[i] ((B, n)
+    float64); out (B,) float64."""
+    n = x.shape[1]
+    ix = np.empty(n, np.int64)
+    iy = np.empty(n, np.int64)
+    counts = np.empty(nb * nb, np.int64)
+    for i in range(x.shape[0]):
+        _nb_hist_bins(x[i], nb, ix)
+        _nb_hist_bins(y[i], nb, iy)
+        counts[:] = 0
+        for p in range(n):
+            counts[ix[p] * nb + iy[p]] += 1
+        s = 0.0
+        for c in counts:
+            if c > 0:
+                s += c * np.log2(np.float64(c))
+        out[i] = -s
+
+
 _pool_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _tls = threading.local()
@@ -524,6 +674,18 @@ def _thread_pool(nt: int) -> ThreadPoolExecutor:
         if _pool is None or _pool[0] != nt:
             _pool = (nt, ThreadPoolExecutor(max_workers=nt, thread_name_prefix="peelscan-metrics"))
         return _pool[1]
+
+
+def _split(fn: Callable[[int, int], None], n: int, min_part: int = 32) -> None:
+    """Run ``fn(i0, i1)`` over [0, n) in up to ``torch.get_num_threads()`` parts of at least
+    ``min_part`` items on the shared pool (the kernels release the GIL); inline for one part."""
+    nt = max(1, torch.get_num_threads())
+    parts = max(1, min(nt, n // max(1, min_part)))
+    if parts == 1:
+        fn(0, n)
+        return
+    cuts = [n * j // parts for j in range(parts + 1)]
+    list(_thread_pool(nt).map(lambda j: fn(cuts[j], cuts[j + 1]), range(parts)))
 
 
 def _scratch(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -611,57 +773,18 @@ def canny_edges(img_u8: torch.Tensor, low: int = _CANNY_LOW, high: int = _CANNY_
     Returns:
         (N, H, W) bool edge map.
     """
-    img = img_u8.to(torch.float32).unsqueeze(1)
-    N, _, H, W = img.shape
-    p = F.pad(img, (1, 1, 1, 1), mode="replicate")[:, 0]
-    dx = (p[:, 0:H, 2:] + 2 * p[:, 1 : H + 1, 2:] + p[:, 2:, 2:]) - (
-        p[:, 0:H, 0:W] + 2 * p[:, 1 : H + 1, 0:W] + p[:, 2:, 0:W]
-    )
-    dy = (p[:, 2:, 0:W] + 2 * p[:, 2:, 1 : W + 1] + p[:, 2:, 2:]) - (
-        p[:, 0:H, 0:W] + 2 * p[:, 0:H, 1 : W + 1] + p[:, 0:H, 2:]
-    )
-    dx = dx.to(torch.int32)
-    dy = dy.to(torch.int32)
-    ax, ay = dx.abs(), dy.abs()
-    mag = ax + ay
-    mp = F.pad(mag, (1, 1, 1, 1))  # zeros outside, as OpenCV's magnitude buffer
-    c = mp[:, 1:-1, 1:-1]
-    tg22 = ax * 13573  # round(tan(22.5 deg) * 2^15)
-    yv = ay * 32768
-    horiz = yv < tg22
-    vert = yv > tg22 + ax * 65536
-    same_sign = (dx ^ dy) >= 0
-    nms_h = (c > mp[:, 1:-1, :-2]) & (c >= mp[:, 1:-1, 2:])
-    nms_v = (c > mp[:, :-2, 1:-1]) & (c >= mp[:, 2:, 1:-1])
-    nms_d = torch.where(
-        same_sign,
-        (c > mp[:, :-2, :-2]) & (c > mp[:, 2:, 2:]),
-        (c > mp[:, :-2, 2:]) & (c > mp[:, 2:, :-2]),
-    )
-    nms = torch.where(horiz, nms_h, torch.where(vert, nms_v, nms_d))
-    cand = nms & (mag > int(low))
-    edge = cand & (mag > int(high))
-    # hysteresis: grow the strong edges through 8-connected candidates until nothing changes;
-    # only tiles that still grow are iterated
-    active = torch.arange(N)
-    while active.numel():
-        e = edge[active]
-        grown = _dilate3(e) & cand[active]
-        changed = (grown != e).flatten(1).any(dim=1)
-        edge[active] = grown
-        active = active[changed]
-    return edge
-
-
-def _dilate3(m: torch.Tensor) -> torch.Tensor:
-    """3x3 binary dilation of a (N, H, W) bool tensor (zero outside), as two 1-D passes."""
-    r = m.clone()
-    r[:, 1:] |= m[:, :-1]
-    r[:, :-1] |= m[:, 1:]
-    c = r.clone()
-    c[:, :, 1:] |= r[:, :, :-1]
-    c[:, :, :-1] |= r[:, :, 1:]
-    return c
+    u8 = img_u8.detach().cpu().to(torch.int32).contiguous().numpy()
+    if u8.ndim != 3:
+        raise ValueError(f"canny_edges: img_u8 must be (N, H, W), got shape {tuple(u8.shape)}")
+    n, h, w = u8.shape
+    out = np.empty((n, h, w), np.uint8)
+    if n and h and w:
+        mag = np.empty((h, w), np.int32)
+        mp = np.empty((h + 2, w + 2), np.int32)
+        stack = np.empty(h * w, np.int64)
+        for i in range(n):
+            _nb_canny(u8[i], int(low), int(high), mag, mp, stack, out[i])
+    return torch.from_numpy(out.astype(bool))
 
 
 class _Batch:
@@ -870,46 +993,30 @@ def _fsim(b: _Batch) -> torch.Tensor:
 def _joint_entropy_counts(b: _Batch) -> torch.Tensor:
     """-sum(c log2 c) over the 10x10 joint histogram counts c (numpy.histogram2d defaults:
     each axis spans that tile's own min..max, a flat tile spans value +- 0.5)."""
-    nb = _ISSM_HIST_BINS
-    x = b.x64.reshape(b.n, -1)
-    y = b.y64.reshape(b.n, -1)
+    x = b.x64.reshape(b.n, -1).contiguous().numpy()
+    y = b.y64.reshape(b.n, -1).contiguous().numpy()
+    out = np.empty(b.n, np.float64)
 
-    def bins(v: torch.Tensor) -> torch.Tensor:
-        lo, hi = v.amin(dim=1), v.amax(dim=1)
-        flat = lo == hi
-        lo = torch.where(flat, lo - 0.5, lo)
-        hi = torch.where(flat, hi + 0.5, hi)
-        step = (hi - lo) / nb
-        edges = lo[:, None] + torch.arange(nb + 1, dtype=v.dtype) * step[:, None]
-        edges[:, -1] = hi
-        # numpy: bin i holds edges[i] <= v < edges[i+1], the last bin also holds v == hi; the
-        # arithmetic guess is corrected by one bin where rounding put it across an edge
-        idx = torch.floor((v - lo[:, None]) / step[:, None]).long().clamp_(0, nb - 1)
-        idx = idx - (v < torch.gather(edges, 1, idx)).long()
-        idx = idx + (v >= torch.gather(edges, 1, (idx + 1).clamp_(max=nb))).long()
-        return idx.clamp_(0, nb - 1)
+    def part(i0: int, i1: int) -> None:
+        _nb_joint_entropy_counts(x[i0:i1], y[i0:i1], _ISSM_HIST_BINS, out[i0:i1])
 
-    flat_idx = bins(x) * nb + bins(y) + (torch.arange(b.n) * nb * nb)[:, None]
-    counts = torch.bincount(flat_idx.reshape(-1), minlength=b.n * nb * nb).reshape(b.n, nb * nb)
-    c = counts.to(torch.float64)
-    return -(c * torch.log2(c.clamp_min(1.0))).sum(dim=1)
+    _split(part, b.n)
+    return torch.from_numpy(out)
 
 
 def _edge_correlation(b: _Batch) -> torch.Tensor:
     """Pearson correlation of the two Canny edge maps; both maps constant: 1 if equal else 0."""
     scale = 4095.0 * 0.0625  # image-similarity-measures assumes 12-bit data and takes x / 16
     both = torch.cat([b.x64, b.y64]) / b.dr * scale
-    u8 = torch.trunc(both).clamp_(0, 255)
-    e = canny_edges(u8).to(torch.float64)
-    g, h = e[: b.n], e[b.n :]
-    gc = g - g.mean(dim=(1, 2), keepdim=True)
-    hc = h - h.mean(dim=(1, 2), keepdim=True)
-    den = (gc.square().sum(dim=(1, 2)) * hc.square().sum(dim=(1, 2))).sqrt()
-    num = (gc * hc).sum(dim=(1, 2))
-    ok = den > 0
-    r = num / torch.where(ok, den, torch.ones_like(den))
-    same = (g == h).all(dim=2).all(dim=1)
-    return torch.where(ok, r, same.to(torch.float64))
+    u8 = torch.trunc(both).clamp_(0, 255).to(torch.int32).numpy()
+    ux, uy = u8[: b.n], u8[b.n :]
+    out = np.empty(b.n, np.float64)
+
+    def part(i0: int, i1: int) -> None:
+        _nb_edge_correlation(ux[i0:i1], uy[i0:i1], _CANNY_LOW, _CANNY_HIGH, out[i0:i1])
+
+    _split(part, b.n)
+    return torch.from_numpy(out)
 
 
 def _issm(b: _Batch) -> torch.Tensor:
