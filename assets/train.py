@@ -30,7 +30,7 @@ from dagster import (
 from assets._common import picture
 from assets.peel import peeled_tiles
 from peelscan.ids import validate_id
-from peelscan.model import TrainConfig, reconstruct, reconstruction_error, train_autoencoder
+from peelscan.model import TrainConfig, normalise_tiles, reconstruct, reconstruction_error, train_autoencoder
 from peelscan.peel import table_to_pixels
 from peelscan.plots import loss_curves_png, recon_grid_png
 from peelscan.splits import assign_split
@@ -69,6 +69,13 @@ class TrainAssetConfig(Config):
     parent_lot: str | None = None
     val_fraction: float = 0.15
     """Share of training scans held out (by scan-id hash) for early stopping and calibration."""
+    batch_size: int = 64
+    """Tiles per gradient step for ``tiles``; the whole-image arm uses ``whole_batch_size``."""
+    whole_batch_size: int = 16
+    """Images per gradient step for ``whole`` (128×128 images: 16 of them are 256 tiles' pixels)."""
+    min_steps: int = 600
+    """At least this many gradient steps from scratch: a lot's few hundred whole-item images
+    would otherwise get only a few dozen steps in ``epochs`` epochs and stay untrained."""
     max_train_tiles: int = 20000
     """Cap on training tiles (a seeded subsample beyond it), to bound nightly training time."""
 
@@ -110,7 +117,9 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
         raise ValueError(f"warm_start must be previous, parent or none, got {config.warm_start!r}")
 
     epochs = config.warm_epochs if init_state is not None else config.epochs
-    tcfg = TrainConfig(loss=config.loss, epochs=epochs, seed=config.seed, threads=config.threads)
+    tcfg = TrainConfig(loss=config.loss, epochs=epochs, seed=config.seed, threads=config.threads,
+                       batch_size=config.whole_batch_size if kind == "whole" else config.batch_size,
+                       min_steps=0 if init_state is not None else config.min_steps)
     t0 = time.perf_counter()
     result = train_autoencoder(fit_x, tcfg, kind=kind, init_state=init_state, val_tiles=val_x)
     seconds = time.perf_counter() - t0
@@ -118,7 +127,10 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
     tiles_version = store.current_version(lot, DATASET_OF_KIND[kind])
     card = {
         "lot_id": lot, "kind": kind, "tile_size": int(fit_x.shape[-1]),
-        "normalisation": "attenuation / attenuation_scale, clipped to [0, 1] (peelscan.preprocess)",
+        "normalisation": {"input": "attenuation / attenuation_scale, clipped to [0, 1] (peelscan.preprocess)",
+                          "stretch": "clip((x - offset) / scale, 0, 1), fitted on the training tiles "
+                                     "(0.5 / 99.5 percentiles; peelscan.model.fit_normalisation)",
+                          **result.model.normalisation()},
         "loss": config.loss, "train_config": tcfg.as_dict(),
         "training_data_version": manifest["metadata"].get("content_version"),
         "tiles_dataset_version": tiles_version,
@@ -146,7 +158,8 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
     examples = _example_tiles(table, val_x)
     if examples is not None:
         x, titles = examples
-        meta.update(picture(lot, f"reconstructions_{kind}", recon_grid_png(x, reconstruct(result.model, x), titles),
+        xn = normalise_tiles(result.model, x)
+        meta.update(picture(lot, f"reconstructions_{kind}", recon_grid_png(xn, reconstruct(result.model, xn), titles),
                             "input, reconstruction, |difference| (good and anomalous tiles)"))
     return MaterializeResult(metadata=meta)
 
@@ -166,6 +179,14 @@ def _example_tiles(table, val_x):
         return None
     x = np.concatenate([good, anom]) if len(good) and len(anom) else (good if len(good) else anom)
     return x.astype(np.float32), ["good"] * len(good) + [str(t) for t in types]
+
+
+def _dataset_unit_error(model, x) -> float:
+    """Mean squared reconstruction error of ``x`` in dataset units (the models compared may
+    normalise differently: the error in each model's space is scaled back by its scale²)."""
+    xn = normalise_tiles(model, x)
+    scale = float(model.normalisation()["scale"]) if hasattr(model, "normalisation") else 1.0
+    return float(reconstruction_error(xn, reconstruct(model, xn)).mean()) * scale * scale
 
 
 class RegressionCheckConfig(Config):
@@ -195,13 +216,13 @@ def autoencoder_no_regression(context: AssetCheckExecutionContext, config: Regre
             fit, _ = split_train_val(store.read_dataset(lot, DATASET_OF_KIND[kind]), 0.15)
             val = fit
         x = table_to_pixels(val)
-        cand_err = float(reconstruction_error(x, reconstruct(cand_model, x)).mean())
+        cand_err = _dataset_unit_error(cand_model, x)
         if cur is None:
             models.promote(lot, kind, cand)
             verdicts[kind] = {"candidate": cand, "replaces": None, "candidate_mse": cand_err, "promoted": True}
             continue
         cur_model, _ = models.load(lot, kind, cur)
-        cur_err = float(reconstruction_error(x, reconstruct(cur_model, x)).mean())
+        cur_err = _dataset_unit_error(cur_model, x)
         ok = cand_err <= cur_err * (1.0 + config.margin)
         if ok:
             models.promote(lot, kind, cand)

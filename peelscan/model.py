@@ -88,6 +88,9 @@ class ConvAutoencoder(nn.Module):
             prev = c
         self.encoder = nn.Sequential(*enc)
         self.decoder = nn.Sequential(*dec)
+        # The input normalisation of the lot (see fit_normalisation): saved with the weights.
+        self.register_buffer("input_offset", torch.zeros(()))
+        self.register_buffer("input_scale", torch.ones(()))
 
     @property
     def bottleneck_shape(self) -> tuple[int, int, int]:
@@ -100,7 +103,25 @@ class ConvAutoencoder(nn.Module):
         return {"size": self.size, "channels": list(self.channels), "latent": self.latent}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``x`` ``(N, 1, size, size)``, already in the model's normalised space
+        (:meth:`normalise`)."""
         return self.decoder(self.encoder(x))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Dataset units (attenuation / ``attenuation_scale``) -> the model's input space:
+        ``clip((x - input_offset) / input_scale, 0, 1)``."""
+        return ((x - self.input_offset) / self.input_scale).clamp_(0.0, 1.0)
+
+    def set_normalisation(self, offset: float, scale: float) -> None:
+        """Set the input normalisation (``scale`` > 0, in dataset units)."""
+        if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"normalisation needs a finite offset and a positive scale, got {offset}, {scale}")
+        self.input_offset.fill_(float(offset))
+        self.input_scale.fill_(float(scale))
+
+    def normalisation(self) -> dict[str, float]:
+        """``{"offset": ..., "scale": ...}`` in dataset units (for the model card)."""
+        return {"offset": float(self.input_offset), "scale": float(self.input_scale)}
 
 
 def build_autoencoder(kind: str, size: int, **arch: Any) -> ConvAutoencoder:
@@ -187,6 +208,43 @@ def loss_fn(name: str, x: torch.Tensor, y: torch.Tensor, ssim_weight: float = 0.
     return ssim_weight * s + (1.0 - ssim_weight) * l2_scale * F.mse_loss(y, x)
 
 
+# -- normalisation -------------------------------------------------------------------------
+
+def fit_normalisation(tiles: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float]:
+    """A lot's contrast stretch: ``(offset, scale)`` mapping the ``low_pct``..``high_pct``
+    percentiles of the training tiles' pixels to 0..1.
+
+    Peeled tissue occupies only about a quarter of the preprocessing's [0, 1] range
+    (attenuation / ``attenuation_scale``), and SSIM's and FSIM's stabilising constants (K1,
+    K2, T1, T2) are fixed fractions of the data range: at that contrast they swamp the
+    tissue's structure. Stretching the lot's tissue to the full range restores it (docs/model.md
+    gives the measured effect). Computed on good training tiles only; saved in the model.
+
+    Args:
+        tiles: ``(N, S, S)`` float, dataset units.
+
+    Returns:
+        ``(offset, scale)``; ``scale`` is at least 1e-3 so a flat lot cannot divide by ~0.
+    """
+    a = np.asarray(tiles, np.float32).reshape(-1)
+    if a.size == 0:
+        return 0.0, 1.0
+    if a.size > 2_000_000:  # a fixed-stride sample: enough for two percentiles, repeatable
+        a = a[:: a.size // 2_000_000 + 1]
+    lo, hi = np.percentile(a, [low_pct, high_pct])
+    return float(lo), float(max(hi - lo, 1e-3))
+
+
+def normalise_tiles(model: nn.Module, tiles: np.ndarray) -> np.ndarray:
+    """``tiles`` ``(N, S, S)`` in dataset units -> float32 in the model's input space (its
+    :meth:`ConvAutoencoder.normalise`; unchanged for a model without one)."""
+    x = np.ascontiguousarray(tiles, dtype=np.float32)
+    if not hasattr(model, "normalise"):
+        return x
+    with torch.inference_mode():
+        return model.normalise(torch.from_numpy(x)).numpy()
+
+
 # -- training ------------------------------------------------------------------------------
 
 @dataclass
@@ -208,6 +266,10 @@ class TrainConfig:
         l2_scale: factor on the MSE in ``ssim_l2``.
         max_seconds: wall-clock budget; training stops after the epoch that passes it.
         lr_patience: epochs without a new best before the learning rate is halved (0 = never).
+        normalise: fit the lot's contrast stretch (:func:`fit_normalisation`) on the training
+            tiles (a warm start keeps its parent's).
+        min_steps: at least this many gradient steps (more epochs when the set is small, as
+            for the whole-image arm's few hundred images).
     """
 
     loss: str = "ssim_l2"
@@ -223,6 +285,8 @@ class TrainConfig:
     l2_scale: float = 100.0
     min_delta: float = 1e-3
     lr_patience: int = 2
+    normalise: bool = True
+    min_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -249,7 +313,8 @@ class TrainResult:
         model: the trained autoencoder (best validation weights, eval mode).
         history: ``train_loss`` and ``val_loss`` per epoch run (the configured loss), plus
             ``lr`` per epoch.
-        best_epoch: 1-based epoch of the best validation loss (whose weights were kept).
+        best_epoch: 1-based epoch of the best validation loss (whose weights were kept); 0
+            when a warm start's first weights stayed the best.
         epochs_run: epochs actually run.
         seconds: wall-clock training time.
         n_train, n_val: tiles used for gradient steps and for validation.
@@ -319,8 +384,10 @@ def train_autoencoder(tiles: np.ndarray, config: TrainConfig | None = None, kind
     """Train an autoencoder on good tiles.
 
     Args:
-        tiles: ``(N, S, S)`` float normalised attenuation in [0, 1], good (or unlabelled)
-            samples only; S = the tile size (32) or the whole-item size (128).
+        tiles: ``(N, S, S)`` float, dataset units (attenuation / ``attenuation_scale``, in
+            [0, 1]), good (or unlabelled) samples only; S = the tile size (32) or the
+            whole-item size (128). The model's input normalisation is fitted on them
+            (``config.normalise``) and applied before every step.
         config: :class:`TrainConfig` (default ``TrainConfig()``).
         kind: ``tiles`` or ``whole`` (the architecture's defaults, :data:`ARCH_DEFAULTS`).
         init_state: weights to start from (warm start: the lot's previous model or a parent
@@ -361,13 +428,25 @@ def train_autoencoder(tiles: np.ndarray, config: TrainConfig | None = None, kind
             except RuntimeError as exc:
                 raise ValueError(f"init_state does not fit the {kind} architecture {model.arch()}: "
                                  f"{str(exc).splitlines()[0]}") from exc
-        xt = torch.from_numpy(x)[:, None]
-        vt = torch.from_numpy(v)[:, None] if len(v) else None
+        elif cfg.normalise:
+            model.set_normalisation(*fit_normalisation(x))
+        with torch.no_grad():
+            xt = model.normalise(torch.from_numpy(x))[:, None]
+            vt = model.normalise(torch.from_numpy(v))[:, None] if len(v) else None
+        steps_per_epoch = math.ceil(len(xt) / cfg.batch_size)
+        epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         hist: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
         best, best_state, best_epoch, since_best, since_lr = math.inf, None, 0, 0, 0
+        if init_state is not None and vt is not None:
+            # a warm start competes with where it started: if no epoch beats the parent on the
+            # validation tiles, the parent's weights come back (best_epoch 0)
+            model.eval()
+            with torch.inference_mode():
+                best = _mean_loss(model, vt, cfg)
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         epoch, stopped = 0, "epochs"
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, epochs + 1):
             model.train()
             order = torch.from_numpy(rng.permutation(len(xt)))
             total = 0.0
@@ -414,7 +493,8 @@ def reconstruct(model: nn.Module, tiles: np.ndarray, batch_size: int = 512) -> n
 
     Args:
         model: an autoencoder from this module (put in eval mode here).
-        tiles: ``(N, S, S)`` float normalised attenuation (converted to float32).
+        tiles: ``(N, S, S)`` float in the model's input space, i.e. already passed through
+            :func:`normalise_tiles` (converted to float32).
         batch_size: tiles per forward pass.
 
     Returns:

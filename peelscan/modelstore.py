@@ -129,6 +129,9 @@ class ModelStore:
         arch = card.get("arch") or {}
         model = build_autoencoder(kind, int(arch.get("size", card.get("tile_size", 32))),
                                   **{k: v for k, v in arch.items() if k != "size"})
+        if "input_offset" not in state and "input_scale" not in state:
+            # a model saved before input normalisation existed: identity normalisation
+            state = {**state, "input_offset": torch.zeros(()), "input_scale": torch.ones(())}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

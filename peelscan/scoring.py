@@ -41,16 +41,19 @@ def score_tiles(model: Any, tiles: np.ndarray, names: Iterable[str] | None = Non
 
     Args:
         model: an autoencoder from :mod:`peelscan.model` (eval mode is set by ``reconstruct``).
-        tiles: (N, T, T) normalised attenuation in [0, 1]; float32 (other real dtypes are
-            converted to float32; integers, NaN and infinities are refused).
+        tiles: (N, T, T) dataset units (attenuation / ``attenuation_scale``, in [0, 1]);
+            float32 (other real dtypes are converted to float32; integers, NaN and
+            infinities are refused). They pass through the model's input normalisation
+            (:func:`peelscan.model.normalise_tiles`, the lot's contrast stretch) first; the
+            measures compare that normalised tile with its reconstruction.
         names: measures to compute (default: all thirteen, ``peelscan.metrics.MEASURE_NAMES``).
         batch_size: tiles per reconstruction/measure batch (> 0).
         data_range: width of the intensity range for the measures (1.0 for normalised tiles).
 
     Returns:
         ``{name: (N,) float64 natural value}`` for every measure requested, plus
-        ``recon_mse``: the mean squared reconstruction error per tile, in (normalised
-        attenuation)^2.
+        ``recon_mse``: the mean squared reconstruction error per tile, in the model's
+        normalised units squared.
     """
     from peelscan.metrics import compute_measures
 
@@ -68,7 +71,11 @@ def score_tiles(model: Any, tiles: np.ndarray, names: Iterable[str] | None = Non
     unknown = [n for n in wanted if n not in MEASURES]
     if unknown:
         raise KeyError(f"score_tiles: unknown measure(s) {unknown}; known: {list(MEASURES)}")
-    from peelscan.model import reconstruct
+    from peelscan.model import normalise_tiles, reconstruct
+
+    # the model's input normalisation (the lot's contrast stretch): measures compare the
+    # tile the model saw with its reconstruction, both in the model's [0, 1] space
+    x = normalise_tiles(model, x)
 
     n = x.shape[0]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in [*wanted, "recon_mse"]}

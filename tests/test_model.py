@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from peelscan.lake import Store
-from peelscan.model import TrainConfig, build_autoencoder, reconstruct, reconstruction_error, train_autoencoder
+from peelscan.model import (TrainConfig, build_autoencoder, fit_normalisation, normalise_tiles, reconstruct,
+                            reconstruction_error, train_autoencoder)
 from peelscan.modelstore import ModelFileError, ModelStore
 from peelscan.peel import PeelConfig, peel_scan
 from peelscan.preprocess import preprocess_scan
@@ -46,6 +47,7 @@ def test_training_lowers_the_loss_and_defects_reconstruct_worse(synth_tiles):
     train, held = good[: len(good) * 3 // 4], good[len(good) * 3 // 4:]
     res = train_autoencoder(train, TrainConfig(epochs=15, seed=0, threads=1, patience=15))
     assert res.history["train_loss"][-1] < res.history["train_loss"][0]
+    held, bad = normalise_tiles(res.model, held), normalise_tiles(res.model, bad)
     err_good = reconstruction_error(held, reconstruct(res.model, held)).mean()
     err_bad = reconstruction_error(bad, reconstruct(res.model, bad)).mean()
     assert err_bad > err_good, (err_bad, err_good)
@@ -58,9 +60,11 @@ def test_same_seed_same_weights_and_warm_start(synth_tiles):
     b = train_autoencoder(x, TrainConfig(epochs=2, seed=3, threads=1))
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k]), k
-    warm = train_autoencoder(x, TrainConfig(epochs=2, seed=4, threads=1), init_state=a.state_dict)
+    trained = train_autoencoder(x, TrainConfig(epochs=12, seed=3, threads=1))
+    warm = train_autoencoder(x, TrainConfig(epochs=2, seed=4, threads=1), init_state=trained.state_dict)
     cold = train_autoencoder(x, TrainConfig(epochs=2, seed=4, threads=1))
     assert warm.history["val_loss"][0] < cold.history["val_loss"][0]
+    assert warm.model.normalisation() == trained.model.normalisation()  # a warm start keeps its parent's
 
 
 def test_threads_are_restored():
@@ -106,3 +110,29 @@ def test_mismatched_architecture_is_a_clear_error(tmp_path):
                 {"tile_size": 32, "arch": {"size": 32, "channels": [8, 8, 8], "latent": 4}})
     with pytest.raises(ModelFileError, match="do not match the architecture"):
         ms.load("lot-1", "tiles", v)
+
+
+def test_normalisation_is_fitted_saved_and_applied(tmp_path, synth_tiles):
+    """The lot's contrast stretch maps the training tiles' 0.5–99.5 % range onto [0, 1], travels
+    with the weights, and score_tiles applies it before reconstructing."""
+    from peelscan.scoring import score_tiles
+
+    good, _ = synth_tiles
+    offset, scale = fit_normalisation(good)
+    lo, hi = np.percentile(good, [0.5, 99.5])
+    assert offset == pytest.approx(lo, rel=1e-6) and scale == pytest.approx(hi - lo, rel=1e-6)
+    res = train_autoencoder(good[:256], TrainConfig(epochs=1, seed=0, threads=1))
+    norm = res.model.normalisation()
+    assert norm["offset"] == pytest.approx(fit_normalisation(res_fit := good[:256])[0], abs=0.02)
+    assert 0 < norm["scale"] < 1
+    xn = normalise_tiles(res.model, good[:8])
+    np.testing.assert_allclose(xn, np.clip((good[:8] - norm["offset"]) / norm["scale"], 0, 1), atol=1e-6)
+    store = ModelStore(Store(str(tmp_path)))
+    loaded, _ = store.load("lot-n", "tiles", store.save("lot-n", "tiles", res.model, {"tile_size": 32}))
+    assert loaded.normalisation() == pytest.approx(norm)
+    out = score_tiles(loaded, good[:8], names=["rmse"])
+    r = reconstruct(loaded, xn)
+    np.testing.assert_allclose(out["recon_mse"], ((xn.astype(np.float64) - r) ** 2).mean(axis=(1, 2)), rtol=1e-5)
+    assert res_fit.shape[0] == 256
+    with pytest.raises(ValueError, match="positive scale"):
+        res.model.set_normalisation(0.1, 0.0)
