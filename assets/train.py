@@ -55,7 +55,7 @@ def split_train_val(table, val_fraction: float):
 class TrainAssetConfig(Config):
     model_kind: str = "tiles"
     """``tiles`` (peeled tiles, the method) or ``whole`` (whole-item images, the baseline arm)."""
-    loss: str = "ssim_l2"
+    loss: str = "ssim"
     """``l2``, ``ssim`` or ``ssim_l2`` (Bergmann et al. 2019)."""
     epochs: int = 30
     """Epochs from scratch (early stopping may end sooner)."""

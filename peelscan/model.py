@@ -11,7 +11,7 @@ Loss after Bergmann et al. 2019, "Improving unsupervised defect segmentation by 
 structural similarity to autoencoders" (VISAPP): plain L2 gives blurry reconstructions and
 misses defects whose mean intensity is close to good tissue; an SSIM term (Wang et al. 2004,
 "Image quality assessment: from error visibility to structural similarity") penalises lost
-local structure. ``loss`` is configuration: ``l2``, ``ssim`` or ``ssim_l2`` (the default).
+local structure. ``loss`` is configuration: ``l2``, ``ssim`` (the default) or ``ssim_l2``.
 docs/model.md records the evidence behind the architecture, the loss and the defaults.
 
 Everything here is CPU-first and deterministic for a seed: training seeds its own RNG streams
@@ -272,7 +272,7 @@ class TrainConfig:
             for the whole-image arm's few hundred images).
     """
 
-    loss: str = "ssim_l2"
+    loss: str = "ssim"
     epochs: int = 30
     batch_size: int = 128
     lr: float = 2e-3
