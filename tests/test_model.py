@@ -60,7 +60,7 @@ def test_same_seed_same_weights_and_warm_start(synth_tiles):
     b = train_autoencoder(x, TrainConfig(epochs=2, seed=3, threads=1))
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k]), k
-    trained = train_autoencoder(x, TrainConfig(epochs=12, seed=3, threads=1))
+    trained = train_autoencoder(x, TrainConfig(epochs=12, seed=3, threads=1, min_steps=300, patience=100))
     warm = train_autoencoder(x, TrainConfig(epochs=2, seed=4, threads=1), init_state=trained.state_dict)
     cold = train_autoencoder(x, TrainConfig(epochs=2, seed=4, threads=1))
     assert warm.history["val_loss"][0] < cold.history["val_loss"][0]
