@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from assets._common import df_markdown, picture
 from assets.ingest import items
 from peelscan.ids import validate_id
-from peelscan.peel import ROW_GROUP_TILES, TILE_SCHEMA, PeelConfig, peel_scan, tiles_to_table, whole_to_table
+from peelscan.peel import ROW_GROUP_TILES, ROW_GROUP_WHOLE, TILE_SCHEMA, PeelConfig, peel_scan, tiles_to_table, whole_to_table
 from peelscan.peelplots import coverage_histogram_png, overlay_png
 from peelscan.records import decode_mask, frame_from_row
 from pipelines.partitions import lots_partitions
@@ -77,7 +77,7 @@ def peeled_tiles(context: AssetExecutionContext, config: PeelAssetConfig, lake: 
     rg = max(1, config.row_group_tiles)
     store.write_dataset(lot, "tiles", _chunks(tiles_all, rg), row_group_size=rg,
                         schema=tiles_all.schema, metadata={"config": pcfg.as_dict()})
-    store.write_dataset(lot, "whole", _chunks(whole_all, 256), row_group_size=256, schema=whole_all.schema,
+    store.write_dataset(lot, "whole", _chunks(whole_all, ROW_GROUP_WHOLE), row_group_size=ROW_GROUP_WHOLE, schema=whole_all.schema,
                         metadata={"config": pcfg.as_dict()})
 
     df = tiles_all.select(["scan_id", "split", "coverage"]).to_pandas()

@@ -241,6 +241,8 @@ def normalise_tiles(model: nn.Module, tiles: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(tiles, dtype=np.float32)
     if not hasattr(model, "normalise"):
         return x
+    if not x.flags.writeable:  # a zero-copy view of an Arrow buffer
+        x = x.copy()
     with torch.inference_mode():
         return model.normalise(torch.from_numpy(x)).numpy()
 
@@ -365,6 +367,8 @@ def _check_tiles(tiles: np.ndarray, what: str) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"{what} must be float normalised attenuation in [0, 1], got dtype {a.dtype}")
     a = np.ascontiguousarray(a, dtype=np.float32)
+    if not a.flags.writeable:  # e.g. a zero-copy view of an Arrow buffer: torch wants its own
+        a = a.copy()
     if a.size and not np.isfinite(a).all():
         raise ValueError(f"{what}: {int((~np.isfinite(a)).sum())} pixel(s) are NaN or infinite")
     return a

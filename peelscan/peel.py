@@ -25,9 +25,15 @@ import numpy as np
 import pyarrow as pa
 from scipy import ndimage
 
-ROW_GROUP_TILES = 2048
-"""Tiles per Parquet row group: 2,048 tiles of 32×32 float32 = 8 MiB of pixels, the unit one
-Dask scoring task streams (``Store.iter_row_groups`` / ``read_row_group``)."""
+ROW_GROUP_TILES = 512
+"""Tiles per Parquet row group: 512 tiles of 32×32 float32 = 2 MiB of pixels (about 15 scans),
+the unit one Dask scoring task streams (``Store.iter_row_groups`` / ``read_row_group``). Small
+enough that a lot of a few hundred scans gives several tasks per worker (a lot of 300 scans:
+~18 tasks), so two or more workers share the work evenly (``benchmarks/scoring.py``); large
+enough that per-task overhead (a row-group read, a model-cache lookup) stays under 1 %."""
+
+ROW_GROUP_WHOLE = 64
+"""Whole-item images (128×128 float32, 64 KiB each) per Parquet row group: 4 MiB."""
 
 FILL_RULES = ("nearest", "mean")
 """Rules for the pixels of a kept tile that lie outside the peeled mask (see :class:`PeelConfig`)."""

@@ -285,7 +285,7 @@ def test_row_groups_stream_one_at_a_time(tmp_path):
     parts = [store.read_row_group(p, g) for p, g in groups]
     assert max(p.num_rows for p in parts) == 64
     np.testing.assert_array_equal(np.concatenate([table_to_pixels(p) for p in parts]), tiles.pixels)
-    assert ROW_GROUP_TILES * 32 * 32 * 4 == 8 * 2 ** 20
+    assert ROW_GROUP_TILES * 32 * 32 * 4 == 2 * 2 ** 20  # 2 MiB of pixels per scoring task
 
 
 def test_nearest_fill_leaves_no_step_at_the_peel_line_on_a_synthetic_scan():
