@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from _lot import ROOT, materialize_lot
@@ -27,7 +28,7 @@ SEEDS = (9301, 9302, 9303, 9304)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lots", type=int, default=2)
-    ap.add_argument("--scans", type=int, default=240)
+    ap.add_argument("--scans", type=int, default=300)
     ap.add_argument("--anomaly-rate", type=float, default=0.35)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", default="docs/study.md")
@@ -36,7 +37,7 @@ def main() -> None:
 
     img_dir = ROOT / "docs" / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
-    summaries, recalls = [], []
+    summaries, recalls, scan_scores = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.lots):
             home = Path(tmp) / f"lot{i}"
@@ -50,6 +51,10 @@ def main() -> None:
                        sum(CASE WHEN is_anomaly THEN 1 ELSE 0 END) AS found
                 FROM anomaly_reports WHERE split = 'eval' AND label = 'anomalous'
                 GROUP BY ALL""").df())
+            scan_scores.append(con.execute("""
+                SELECT lot_id, model_kind, metric, scan_id, label, coalesce(defect_type, '') AS defect_type,
+                       max(anomaly_score) AS a
+                FROM anomaly_reports WHERE split = 'eval' GROUP BY ALL""").df())
             fpr = con.execute("""
                 SELECT lot_id, model_kind, metric, avg(CASE WHEN is_anomaly THEN 1.0 ELSE 0.0 END) AS fpr_at_threshold
                 FROM anomaly_reports WHERE split = 'eval' AND label = 'good' GROUP BY ALL""").df()
@@ -78,6 +83,26 @@ def main() -> None:
     per_type_w["recall"] = per_type_w["found"] / per_type_w["n"]
     gap = wide.loc[best, "tiles"] - (wide[["whole"]].max().iloc[0] if "whole" in wide else float("nan"))
 
+    # AUROC per defect type (each type's scans against all good eval scans), per lot, then the mean
+    from peelscan.roc import auroc
+
+    sc = pd.concat(scan_scores, ignore_index=True)
+    type_rows = []
+    for (lot_id, kind, metric), g in sc.groupby(["lot_id", "model_kind", "metric"]):
+        good = g[g["label"] == "good"]["a"].to_numpy()
+        bad = g[g["label"] == "anomalous"]
+        for dt, b in bad.groupby("defect_type"):
+            type_rows.append({"model_kind": kind, "metric": metric, "defect_type": dt,
+                              "auroc": auroc(np.r_[np.zeros(len(good)), np.ones(len(b))], np.r_[good, b["a"]])})
+        nb = bad[bad["defect_type"] != "bruise"]
+        type_rows.append({"model_kind": kind, "metric": metric, "defect_type": "all but bruise",
+                          "auroc": auroc(np.r_[np.zeros(len(good)), np.ones(len(nb))], np.r_[good, nb["a"]])})
+    tt = pd.DataFrame(type_rows).groupby(["model_kind", "metric", "defect_type"])["auroc"].mean().reset_index()
+    by_type = pd.concat([
+        tt[(tt["model_kind"] == "tiles") & (tt["metric"] == best)].assign(arm=f"tiles, {best}"),
+        tt[(tt["model_kind"] == "whole") & (tt["metric"] == (best_whole or best))].assign(arm=f"whole, {best_whole}"),
+    ]).pivot(index="defect_type", columns="arm", values="auroc").reset_index()
+
     def md(df: pd.DataFrame) -> str:
         return df.to_markdown(index=False, floatfmt=".3f")
 
@@ -96,6 +121,10 @@ held-out good training scans. Regenerate with `python benchmarks/study.py` (part
 Best measure on peeled tiles: **{best}** (AUROC {wide.loc[best, 'tiles']:.3f}); best on whole images:
 **{best_whole}** ({wide.loc[best_whole, 'whole'] if best_whole else float('nan'):.3f}); difference of the bests
 {gap:+.3f} (goal: tiles ≥ 0.98 and ≥ 0.05 above whole).
+
+## AUROC per defect type (best measure of each arm; each type against all good eval scans)
+
+{md(by_type)}
 
 ## All figures
 
