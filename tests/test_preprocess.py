@@ -293,3 +293,202 @@ def test_two_synth_machines_give_the_same_attenuation(with_frames, phantom_seed)
         raw3, synth.render_dark(m3, np.random.default_rng(24), (32, shape[1])),
         synth.render_flat(m3, np.random.default_rng(25), (32, shape[1])), cfg)
     assert float(np.abs(out[0] - p3.attenuation)[inside].mean()) < TOL_OBJECT / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled kernels compute exactly what the plain numpy/scipy formulation computes
+
+
+def _reference_preprocess(raw, dark=None, flat=None, cfg=None):
+    """The straightforward numpy/scipy formulation of preprocess_scan (float64 throughout):
+    the fast implementation must give the same attenuation, offsets and background."""
+    from scipy import ndimage
+
+    from peelscan import preprocess as P
+
+    cfg = cfg or PreprocessConfig()
+
+    def as2d(a):
+        return np.asarray(a).astype(np.float64)
+
+    def frame(f, shape):
+        f = as2d(f)
+        return f if (not cfg.calibration_per_column and f.shape == shape) else f.mean(axis=0, keepdims=True)
+
+    def noise(att):
+        return float(1.4826 * np.median(np.abs(np.diff(att, axis=0))) / np.sqrt(2.0))
+
+    def masked_median(values, mask, axis, min_count):
+        v = np.sort(np.where(mask, values, np.nan), axis=axis)
+        count = mask.sum(axis=axis)
+        lo = np.expand_dims(np.maximum(count - 1, 0) // 2, axis)
+        hi = np.minimum(np.expand_dims(np.maximum(count, 1) // 2, axis), v.shape[axis] - 1)
+        med = np.squeeze(0.5 * (np.take_along_axis(v, lo, axis) + np.take_along_axis(v, hi, axis)), axis=axis)
+        med[count < max(1, min_count)] = np.nan
+        return med
+
+    def background(att):
+        thr = max(cfg.background_threshold, cfg.background_sigmas * noise(att))
+        obj = ndimage.binary_opening(att > thr, structure=np.ones((3, 3), dtype=bool))
+        if cfg.object_margin_px > 0 and obj.any():
+            obj = ndimage.maximum_filter(obj, size=2 * cfg.object_margin_px + 1, mode="nearest")
+        return ~obj
+
+    def stripes(att):
+        k = max(3, cfg.stripe_window_px | 1)
+        return np.median(att - ndimage.median_filter(att, size=(1, k), mode="nearest"), axis=0)
+
+    def rough_cols(att, stripe):
+        w = att.shape[1]
+        low = np.percentile(att - stripe[None, :], 5, axis=0)
+        env = low.copy()
+        for _ in range(20):
+            fit = P._smooth_fit(env, np.ones(w, dtype=bool), cfg.heel_degree)
+            new_env = np.minimum(env, fit)
+            if float(np.max(env - new_env)) < 1e-4:
+                break
+            env = new_env
+        res0 = low - fit
+        sigma = 1.4826 * float(np.median(np.abs(res0 - np.median(res0))))
+        thr = max(4.0 * sigma, cfg.background_threshold)
+        keep = (low - fit) < thr + 2.0 * sigma
+        for _ in range(3):
+            if keep.sum() < cfg.heel_degree + 2:
+                break
+            fit = P._smooth_fit(low, keep, cfg.heel_degree)
+            new_keep = (low - fit) < thr
+            if np.array_equal(new_keep, keep):
+                break
+            keep = new_keep
+        return np.where(keep, low, fit) + stripe
+
+    x = as2d(raw)
+    h, w = x.shape
+    d = frame(dark, x.shape) if dark is not None else None
+    f = frame(flat, x.shape) if flat is not None else None
+    rough = False
+    if f is not None:
+        dd = d if d is not None else 0.0
+        denom = f - dd
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = (x - dd) / np.where(denom > 0, denom, np.nan)
+        t = np.where(np.isfinite(t), t, 1.0)
+    elif d is None and (np.asarray(raw).dtype == np.uint8 or (np.asarray(raw).dtype.kind == "f" and x.max() <= 2.0)):
+        t = x / (255.0 if np.asarray(raw).dtype == np.uint8 else 1.0)
+    else:
+        y = x - d if d is not None else x
+        scale = float(np.percentile(y, 99))
+        t = y / scale
+        rough = True
+    att = -np.log(np.maximum(t, cfg.transmission_floor))
+    col, row, stripe = np.zeros(w), np.zeros(h), None
+    if rough:
+        stripe = stripes(att)
+        col = rough_cols(att, stripe)
+        row = np.percentile(att - col[None, :], 5, axis=1)
+    for _ in range(2):
+        bg = background(att - col[None, :] - row[:, None])
+        if not bg.any():
+            break
+        new_col = masked_median(att - row[:, None], bg, 0, min(cfg.min_background_px, h))
+        if stripe is None and not np.isfinite(new_col).all():
+            stripe = stripes(att)
+        col = P._fill_columns(new_col, stripe if stripe is not None else np.zeros(w), cfg)
+        row = P._fill_rows(masked_median(att - col[None, :], bg, 1, min(cfg.min_background_px, w)))
+    a = np.minimum(att - col[None, :] - row[:, None], -np.log(cfg.transmission_floor))
+    a = np.clip(ndimage.gaussian_filter(a, cfg.denoise_sigma, mode="nearest"), 0.0, None)
+    return np.clip(a / cfg.attenuation_scale, 0.0, 1.0).astype(np.float32), col, row, bg
+
+
+@pytest.mark.parametrize("path", ["frames", "self", "png8", "covered"])
+def test_preprocess_equals_the_reference_formulation(path):
+    """Attenuation, offsets and background mask equal those of the plain numpy/scipy
+    formulation (to float32 rounding; in practice bit for bit)."""
+    from peelscan import synth
+
+    shape = (160, 192)
+    m = synth.machine_for_lot(np.random.default_rng(31), shape[1])
+    for seed in (1, 2):
+        ph = synth.make_phantom(np.random.default_rng(seed), shape, 0.5, n_objects=2, touching=seed == 2, defect="stone")
+        rng = np.random.default_rng(40 + seed)
+        raw = synth.render_counts(ph, m, rng)
+        dark = flat = None
+        if path == "frames":
+            dark, flat = synth.render_dark(m, rng, (16, shape[1])), synth.render_flat(m, rng, (16, shape[1]))
+        elif path == "png8":
+            t = synth.flat_correct(raw, synth.render_dark(m, rng, (16, shape[1])), synth.render_flat(m, rng, (16, shape[1])))
+            raw = np.rint(np.clip(t, 0, 1) * 255).astype(np.uint8)
+        elif path == "covered":  # a tuber taller than the frame: columns without background
+            raw = machines(shape[1], shape[0])[seed - 1].counts(phantom(shape, ((80, 96, 120, 40),), False, False), rng)
+        p = preprocess_scan(raw, dark, flat)
+        ref_att, ref_col, ref_row, ref_bg = _reference_preprocess(raw, dark, flat)
+        assert np.abs(p.attenuation.astype(np.float64) - ref_att).max() <= 1e-6
+        np.testing.assert_array_equal(p.background, ref_bg)
+        np.testing.assert_allclose(p.column_offset, ref_col.astype(np.float32), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(p.row_offset, ref_row.astype(np.float32), rtol=0, atol=1e-6)
+
+
+def test_selection_kernels_match_numpy():
+    """Exact medians/percentiles (order statistics of the same float64 values) for small,
+    mid-size (equal-width buckets) and large (float32-key buckets) inputs, with ties, zeros,
+    outliers and huge ranges."""
+    from peelscan import preprocess as P
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 31, 33, 100, 255, 2048, 2049, 65280):
+        for kind in ("normal", "ties", "zeros", "wide"):
+            v = rng.standard_normal(n)
+            if kind == "ties":
+                v = np.round(v * 3) / 3
+            elif kind == "zeros":
+                v = np.where(rng.random(n) < 0.6, 0.0, v)
+            elif kind == "wide":
+                v = np.exp(rng.standard_normal(n) * 30) * np.sign(v)
+            assert P._nb_median(v.copy(), n) == np.median(v)
+            for q in (0, 5, 50, 99, 100):
+                assert P._nb_percentile(v.copy(), n, *P._percentile_index(n, q)) == np.percentile(v, q)
+    a = rng.standard_normal((64, 48)) * 0.01
+    d = np.abs(np.diff(a, axis=0))
+    assert P.estimate_noise(a) == float(1.4826 * np.median(d) / np.sqrt(2.0))
+
+
+def test_filter_kernels_match_scipy():
+    from scipy import ndimage
+
+    from peelscan import preprocess as P
+
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        h, w = rng.integers(2, 50, 2)
+        att = ndimage.gaussian_filter(rng.standard_normal((h, w)), 1.5) * 0.3 + rng.standard_normal((h, w)) * 0.01
+        if trial % 3 == 0:
+            att = np.round(att * 20) / 20  # ties
+        for margin in (0, 3):
+            cfg = PreprocessConfig(object_margin_px=margin, stripe_window_px=9 if trial % 2 else 5)
+            thr = max(cfg.background_threshold, cfg.background_sigmas * P.estimate_noise(att))
+            obj = ndimage.binary_opening(att > thr, structure=np.ones((3, 3), dtype=bool))
+            if margin and obj.any():
+                obj = ndimage.maximum_filter(obj, size=2 * margin + 1, mode="nearest")
+            np.testing.assert_array_equal(P.background_mask(att, cfg), ~obj)
+            k = max(3, cfg.stripe_window_px | 1)
+            ref = np.median(att - ndimage.median_filter(att, size=(1, k), mode="nearest"), axis=0)
+            np.testing.assert_array_equal(P.column_stripes(att, cfg), ref)
+        mask = rng.random((h, w)) < 0.7
+        for axis in (0, 1):
+            v = np.sort(np.where(mask, att, np.nan), axis=axis)
+            count = mask.sum(axis=axis)
+            lo = np.expand_dims(np.maximum(count - 1, 0) // 2, axis)
+            hi = np.minimum(np.expand_dims(np.maximum(count, 1) // 2, axis), v.shape[axis] - 1)
+            ref = np.squeeze(0.5 * (np.take_along_axis(v, lo, axis) + np.take_along_axis(v, hi, axis)), axis=axis)
+            ref[count < 3] = np.nan
+            np.testing.assert_array_equal(P._masked_median(att, mask, axis, 3), ref)
+        col, row = rng.standard_normal(w), rng.standard_normal(h)
+        for sigma in (0.0, 0.7, 1.6):
+            ref = np.minimum(att * 20 - col[None, :] - row[:, None], 11.0)
+            if sigma:
+                ref = ndimage.gaussian_filter(ref, sigma, mode="nearest")
+            ref = np.clip(np.clip(ref, 0, None) / 4.0, 0, 1).astype(np.float32)
+            out = np.empty((h, w), np.float32)
+            P._nb_finish(att * 20, col, row, 11.0, P._gaussian_weights(sigma) if sigma else np.ones(1), 4.0, out,
+                         np.empty((h, w)))
+            np.testing.assert_array_equal(out, ref)
