@@ -6,12 +6,15 @@ command-line runs appear in the UI's run history and partition status.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.execution.backfill import BulkActionStatus
 
 from peelscan.config import settings
 from peelscan.ids import is_valid_id, validate_id
@@ -19,6 +22,23 @@ from peelscan.lake import Store
 from pipelines.partitions import LOTS_PARTITIONS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_TEMPLATE = ROOT / "dagster.yaml"
+TERMINAL = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+def ensure_instance_config(dagster_home: str | None = None) -> Path | None:
+    """Copy the repository's ``dagster.yaml`` (per-lot run concurrency) into ``DAGSTER_HOME``
+    when that folder has none; an operator's own file is never touched. Returns the path
+    written, or None."""
+    home = dagster_home or os.environ.get("DAGSTER_HOME")
+    if not home:
+        return None
+    target = Path(home) / "dagster.yaml"
+    if target.exists():
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(INSTANCE_TEMPLATE, target)
+    return target
 
 
 def discover_lots() -> tuple[list[str], list[str]]:
@@ -41,6 +61,8 @@ def run_lots(lots: list[str] | None = None, raise_on_error: bool = True,
     process. Returns True when every run succeeded."""
     from pipelines.definitions import defs
 
+    if instance is None:
+        ensure_instance_config()
     instance = instance or DagsterInstance.get()
     if lots is None:
         lots, invalid = discover_lots()
@@ -64,26 +86,73 @@ def run_lots(lots: list[str] | None = None, raise_on_error: bool = True,
     return ok
 
 
-def backfill_all(timeout_s: float = 3600, instance: DagsterInstance | None = None) -> bool:
-    """One Dagster backfill of ``lot_job`` over every ``lots`` partition (``dagster job
-    backfill --all``), then wait for its runs. Returns True when all succeeded."""
+def daemon_running(instance: DagsterInstance, max_age_s: float = 60.0) -> bool:
+    """Whether a ``dagster-daemon`` (e.g. the one ``make ui`` / ``dagster dev`` starts) has
+    sent a backfill heartbeat in the last ``max_age_s`` seconds."""
+    try:
+        beats = instance.get_daemon_heartbeats()
+    except Exception:  # noqa: BLE001 - an instance without daemon storage
+        return False
+    beat = beats.get("BACKFILL")
+    return beat is not None and time.time() - beat.timestamp < max_age_s
+
+
+def backfill_all(timeout_s: float = 6 * 3600, instance: DagsterInstance | None = None, poll_s: float = 2.0) -> bool:
+    """One Dagster backfill of ``lot_job`` over every ``lots`` partition — the same kind of
+    backfill the UI launches — and wait for its runs. Returns True when all succeeded.
+
+    The backfill is submitted with ``dagster job backfill``; Dagster's daemon turns it into
+    runs. If no daemon is running (no recent heartbeat), one is started for the duration and
+    stopped afterwards. Runs of one lot never overlap (``dagster.yaml``'s tag concurrency),
+    so a sensor or schedule run of the same lot waits its turn.
+    """
+    ensure_instance_config()
     instance = instance or DagsterInstance.get()
-    lots, _ = discover_lots()
+    lots, invalid = discover_lots()
+    for name in invalid:
+        print(f"skipping landing folder {name[:80]!r}: not a valid lot id", file=sys.stderr)
+    if not lots:
+        print("no lots found in the landing store", file=sys.stderr)
+        return False
     register_lots(instance, lots)
-    before = {r.run_id for r in instance.get_runs()}
+    known = {b.backfill_id for b in instance.get_backfills()}
     cmd = [sys.executable, "-m", "dagster", "job", "backfill", "-w", str(ROOT / "workspace.yaml"),
            "-j", "lot_job", "--all", "lots", "--noprompt"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        runs = [r for r in instance.get_runs(RunsFilter(tags={})) if r.run_id not in before]
-        done = [r for r in runs if r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
-                                               DagsterRunStatus.CANCELED)]
-        if runs and len(done) == len(runs) and len(runs) >= len(lots):
-            failed = [r for r in runs if r.status != DagsterRunStatus.SUCCESS]
-            for r in runs:
-                print(f"lot {r.tags.get('dagster/partition')}: run {r.run_id[:8]} {r.status.value}")
-            return not failed
-        time.sleep(2)
-    print("backfill did not finish in time", file=sys.stderr)
-    return False
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    new = [b for b in instance.get_backfills() if b.backfill_id not in known]
+    if len(new) != 1:
+        print(f"expected one new backfill, found {len(new)}", file=sys.stderr)
+        return False
+    backfill_id = new[0].backfill_id
+    print(f"backfill {backfill_id}: {len(lots)} lot(s)", flush=True)
+    daemon = None
+    if not daemon_running(instance):
+        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(ROOT / "workspace.yaml")],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if daemon is not None and daemon.poll() is not None:
+                print(f"the Dagster daemon exited with status {daemon.returncode}", file=sys.stderr)
+                return False
+            backfill = instance.get_backfill(backfill_id)
+            runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+            submitted = backfill.status != BulkActionStatus.REQUESTED
+            if submitted and len(runs) >= len(lots) and all(r.status in TERMINAL for r in runs):
+                for r in sorted(runs, key=lambda r: r.tags.get("dagster/partition", "")):
+                    print(f"lot {r.tags.get('dagster/partition')}: run {r.run_id[:8]} {r.status.value}")
+                return all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+            if submitted and backfill.status in (BulkActionStatus.FAILED, BulkActionStatus.CANCELED):
+                print(f"backfill {backfill_id} {backfill.status.value}", file=sys.stderr)
+                return False
+            time.sleep(poll_s)
+        print(f"backfill {backfill_id} did not finish in {timeout_s:.0f} s", file=sys.stderr)
+        return False
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()

@@ -50,7 +50,7 @@ def _write_lot(root: Path, lot: str, n: int = 2) -> None:
 
 def test_landing_sensor_adds_partitions_requests_runs_and_skips(tmp_path):
     from pipelines.sensors import landing_sensor
-    from resources import ScanStoreResource
+    from resources import LakeResource, ScanStoreResource
 
     landing = tmp_path / "landing"
     _write_lot(landing, "lot-a")
@@ -58,7 +58,7 @@ def test_landing_sensor_adds_partitions_requests_runs_and_skips(tmp_path):
     (landing / "bad lot, name").mkdir()
     (landing / "..hidden").mkdir()
     instance = DagsterInstance.ephemeral()
-    res = {"scan_store": ScanStoreResource(uri=str(landing))}
+    res = {"scan_store": ScanStoreResource(uri=str(landing)), "lake": LakeResource(uri=str(tmp_path / "lake"))}
 
     ctx = build_sensor_context(instance=instance, resources=res)
     result = landing_sensor(ctx)
@@ -85,6 +85,33 @@ def test_landing_sensor_adds_partitions_requests_runs_and_skips(tmp_path):
     new_key = next(r.run_key for r in third.run_requests if r.partition_key == "lot-b")
     assert old_key != new_key
     assert json.loads(third.cursor).keys() == {"lot-a", "lot-b", "lot-c"}
+    instance.add_dynamic_partitions("lots", ["lot-c"])
+
+    # lot-a changes but a run of it is in progress (a backfill's): not requested, cursor kept, so a
+    # later tick still sees the change; lot-c changes but the lake already holds exactly this
+    # content (processed by a backfill or `peelscan run`): no run, only the cursor moves
+    import pyarrow as pa
+    from dagster import DagsterRun, DagsterRunStatus
+    from dagster._core.utils import make_new_run_id
+
+    from peelscan.lake import Store
+
+    _write_lot(landing, "lot-a", n=4)
+    _write_lot(landing, "lot-c", n=5)
+    queued = DagsterRun(job_name="lot_job", run_id=make_new_run_id(), status=DagsterRunStatus.STARTED,
+                        tags={"dagster/partition": "lot-a"})
+    instance.add_run(queued)
+    lot_c_version = Store(str(landing)).content_version("lot-c")
+    Store(str(tmp_path / "lake")).write_dataset("lot-c", "raw", pa.table({"x": [1]}),
+                                                metadata={"content_version": lot_c_version})
+    fourth = landing_sensor(build_sensor_context(instance=instance, resources=res, cursor=third.cursor))
+    assert isinstance(fourth, SensorResult) and not fourth.run_requests
+    cur = json.loads(fourth.cursor)
+    assert cur["lot-c"] == lot_c_version and cur["lot-a"] == json.loads(third.cursor)["lot-a"]
+    # once the queued run is over, the change of lot-a is requested
+    instance.delete_run(queued.run_id)
+    fifth = landing_sensor(build_sensor_context(instance=instance, resources=res, cursor=fourth.cursor))
+    assert [r.partition_key for r in fifth.run_requests] == ["lot-a"]
 
 
 def test_nightly_schedule_requests_changed_lots_only(tmp_path):
