@@ -381,3 +381,284 @@ def test_nearest_fill_looks_beyond_the_kept_tiles():
     tile = tiles.pixels[0]
     assert tile[0, 31] == att[31, 63]  # the arm pixel right above, at distance 1
     check_fill(tile, att, att[32:64, 32:64], mask[32:64, 32:64], mask, 32, 32, "nearest")
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled kernels compute exactly what the scipy / numpy formulation computes: the same
+# masks, counts, tile positions and pixels, bit for bit
+
+
+def _reference_peel_mask(m, depth_px):
+    """peel_mask written with scipy's EDT on the item's padded bounding box."""
+    from scipy import ndimage
+
+    if depth_px == 0:
+        return m.copy()
+    out = np.zeros(m.shape, dtype=bool)
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return out
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    dist = ndimage.distance_transform_edt(np.pad(m[r0:r1, c0:c1], 1))[1:-1, 1:-1]
+    out[r0:r1, c0:c1] = dist > depth_px
+    return out
+
+
+def _reference_fill_nearest(att, peeled, box):
+    from scipy import ndimage
+
+    r0, r1, c0, c1 = box
+    idx = ndimage.distance_transform_edt(~peeled[r0:r1, c0:c1], return_distances=False, return_indices=True)
+    return att[r0:r1, c0:c1][idx[0], idx[1]]
+
+
+def _reference_window_sums(a, t, step):
+    ii = np.zeros((a.shape[0] + 1, a.shape[1] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(a, axis=0, dtype=np.float64), axis=1, out=ii[1:, 1:])
+    r = np.arange((a.shape[0] - t) // step + 1) * step
+    c = np.arange((a.shape[1] - t) // step + 1) * step
+    return ii[np.ix_(r + t, c + t)] - ii[np.ix_(r, c + t)] - ii[np.ix_(r + t, c)] + ii[np.ix_(r, c)]
+
+
+def _reference_cut_tiles(att, mask, cfg, dmask=None, item_index=0):
+    """cut_tiles as numpy/scipy code: scipy's EDT for the peel and (with indices) the fill,
+    an integral image for the coverage, fancy indexing for the tiles."""
+    from peelscan.peel import _grid_range
+
+    t, s = cfg.tile_size, cfg.stride
+    h, w = att.shape
+    empty = Tiles.empty(t, dmask is not None)
+    peeled = _reference_peel_mask(mask, cfg.depth_px)
+    if not peeled.any() or h < t or w < t:
+        return empty
+    pr_, pc_ = np.flatnonzero(peeled.any(axis=1)), np.flatnonzero(peeled.any(axis=0))
+    a0, a1, b0, b1 = pr_[0], pr_[-1] + 1, pc_[0], pc_[-1] + 1
+    kr0, kr1 = _grid_range(a0, a1, h, t, s)
+    kc0, kc1 = _grid_range(b0, b1, w, t, s)
+    rows = cols = np.zeros(0, np.int64)
+    cover = np.zeros(0, np.float64)
+    if kr1 >= kr0 and kc1 >= kc0:
+        y0, x0 = kr0 * s, kc0 * s
+        cov = _reference_window_sums(peeled[y0:kr1 * s + t, x0:kc1 * s + t], t, s) / float(t * t)
+        kr, kc = np.nonzero(cov >= cfg.min_coverage)
+        rows, cols, cover = y0 + kr * s, x0 + kc * s, cov[kr, kc]
+    if rows.size == 0 and cfg.small_item_tile:
+        y0, y1 = max(0, a0 - t + 1), min(h - t, a1 - 1)
+        x0, x1 = max(0, b0 - t + 1), min(w - t, b1 - 1)
+        cov = _reference_window_sums(peeled[y0:y1 + t, x0:x1 + t], t, 1) / float(t * t)
+        best = cov.max()
+        if best >= cfg.min_coverage:
+            cr, cc = np.nonzero(cov == best)
+            pr, pc = np.nonzero(peeled[a0:a1, b0:b1])
+            centre = (pr.mean() + a0 - (t - 1) / 2.0 - y0, pc.mean() + b0 - (t - 1) / 2.0 - x0)
+            j = int(np.argmin((cr - centre[0]) ** 2 + (cc - centre[1]) ** 2))
+            rows, cols, cover = np.array([y0 + cr[j]]), np.array([x0 + cc[j]]), np.array([best])
+    if rows.size == 0:
+        return empty
+    pixels = np.lib.stride_tricks.sliding_window_view(att, (t, t))[rows, cols]
+    inside = np.lib.stride_tricks.sliding_window_view(peeled, (t, t))[rows, cols]
+    if cover.min() < 1.0:
+        if cfg.fill == "nearest":
+            fbox = (min(a0, int(rows.min())), max(a1, int(rows.max()) + t),
+                    min(b0, int(cols.min())), max(b1, int(cols.max()) + t))
+            filled = _reference_fill_nearest(att, peeled, fbox)
+            fw = np.lib.stride_tricks.sliding_window_view(filled, (t, t))[rows - fbox[0], cols - fbox[2]]
+            pixels = np.where(inside, pixels, fw)
+        else:
+            n_in = inside.sum(axis=(1, 2))
+            mean_in = np.where(inside, pixels, 0.0).sum(axis=(1, 2), dtype=np.float64) / n_in
+            pixels = np.where(inside, pixels, mean_in[:, None, None].astype(np.float32))
+    df = None
+    if dmask is not None:
+        df = (np.lib.stride_tricks.sliding_window_view(dmask, (t, t))[rows, cols]
+              .sum(axis=(1, 2)) / float(t * t)).astype(np.float32)
+    n = rows.size
+    return Tiles(np.ascontiguousarray(pixels, dtype=np.float32), np.full(n, item_index, np.int32),
+                 rows.astype(np.int32), cols.astype(np.int32), cover.astype(np.float32), df)
+
+
+def _reference_peel_scan(att, masks, cfg, dmask, whole):
+    """peel_scan from the reference pieces: tiles, whole-item images, origins, defect shares."""
+    parts, images, origins, fractions = [], [], [], []
+    for i, m in enumerate(masks):
+        parts.append(_reference_cut_tiles(att, m, cfg, dmask, i))
+        if whole:
+            images.append(whole_item_image(att, m, cfg.whole_size))
+            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+            origins.append((int(rows[0]), int(cols[0])) if rows.size else (0, 0))
+            if dmask is not None:
+                area = int(m.sum())
+                fractions.append(float((dmask & m).sum()) / area if area else 0.0)
+    return (Tiles.concatenate(parts, cfg.tile_size, dmask is not None),
+            WholeItems(images, origins, fractions if (whole and dmask is not None) else None))
+
+
+def _assert_identical(a, b, what=""):
+    """Same dtype, shape and bits (NaN and -0.0 included), or both None."""
+    if a is None or b is None:
+        assert a is None and b is None, what
+        return
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, (what, a.dtype, b.dtype, a.shape, b.shape)
+    if a.dtype.kind == "f":
+        a, b = a.view(f"u{a.dtype.itemsize}"), b.view(f"u{b.dtype.itemsize}")
+    np.testing.assert_array_equal(a, b, err_msg=str(what))
+
+
+def _assert_same_tiles(x, y, what=""):
+    for f in ("pixels", "item_index", "tile_row", "tile_col", "coverage", "defect_fraction"):
+        _assert_identical(getattr(x, f), getattr(y, f), (what, f))
+
+
+def _random_masks(rng, count, max_side=120):
+    """Noise, smooth blobs (some cut by the frame), unions/differences of ellipses, lattices."""
+    from scipy import ndimage
+
+    for trial in range(count):
+        h, w = (int(v) for v in rng.integers(3, max_side, 2))
+        kind = trial % 4
+        if kind == 0:
+            yield rng.random((h, w)) < rng.choice([0.02, 0.3, 0.7, 0.97])
+        elif kind == 1:
+            yield ndimage.gaussian_filter(rng.random((h, w)), rng.choice([1.5, 3.0, 6.0])) > 0.5
+        elif kind == 2:
+            r, c = np.mgrid[:h, :w]
+            m = np.zeros((h, w), bool)
+            for _ in range(int(rng.integers(1, 4))):
+                cr, cc = rng.integers(-10, h + 10), rng.integers(-10, w + 10)
+                ar, ac = rng.integers(2, 60), rng.integers(2, 60)
+                m ^= ((r - cr) / ar) ** 2 + ((c - cc) / ac) ** 2 <= 1
+            yield m
+        else:  # regular patterns: many pixels at equal distances (ties)
+            r, c = np.mgrid[:h, :w]
+            k = int(rng.integers(2, 8))
+            yield [(r % k == 0) & (c % k == 0), (r + c) % k == 0, (r % k == 0) ^ (c % (k + 1) == 1),
+                   np.ones((h, w), bool)][trial // 4 % 4]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_peel_mask_equals_the_scipy_edt_formulation(seed):
+    """Same mask pixel for pixel at depths on and between the integer squared distances
+    (sqrt(2), sqrt(5), 6 = sqrt(36), ...), also for items touching the frame and depths no
+    pixel survives."""
+    rng = np.random.default_rng(seed)
+    depths = [0.0, 1e-9, 0.5, 1.0, float(np.sqrt(2.0)), 1.5, 2.0, float(np.sqrt(5.0)), 2.5, 3.0,
+              float(np.nextafter(3.0, 0.0)), float(np.sqrt(13.0)), 4.5, 6.0, 7.3, 12.0, 40.0, 1e6, np.inf]
+    for m in _random_masks(rng, 60):
+        for d in rng.choice(depths, 5, replace=False):
+            np.testing.assert_array_equal(peel_mask(m, float(d)), _reference_peel_mask(m, float(d)),
+                                          err_msg=f"depth {d}")
+    full = np.ones((40, 50), bool)
+    for d in depths:
+        np.testing.assert_array_equal(peel_mask(full, d), _reference_peel_mask(full, d))
+
+
+def test_nearest_fill_equals_scipy_feature_transform():
+    """Every filled pixel takes the value of the pixel scipy's EDT indices name, ties included:
+    the nearest inside pixel, the one of smallest column among equals, then smallest row."""
+    from scipy.spatial.distance import cdist as _cdist
+
+    from peelscan import peel as P
+
+    rng = np.random.default_rng(11)
+    for m in _random_masks(rng, 80, max_side=60):
+        if not m.any():
+            continue
+        h, w = m.shape
+        att = rng.random((h, w)).astype(np.float32)
+        _assert_identical(P._fill_nearest(att, m, (0, h, 0, w)), _reference_fill_nearest(att, m, (0, h, 0, w)))
+        r0, c0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        box = (r0, int(rng.integers(r0 + 1, h + 1)), c0, int(rng.integers(c0 + 1, w + 1)))
+        if m[box[0]:box[1], box[2]:box[3]].any():
+            _assert_identical(P._fill_nearest(att, m, box), _reference_fill_nearest(att, m, box))
+        # only inside rectangles: the same values there, the scan's elsewhere
+        rects = np.array([[a, a + int(rng.integers(1, h - a + 1)), b, b + int(rng.integers(1, w - b + 1))]
+                          for a, b in zip(rng.integers(0, h, 3), rng.integers(0, w, 3))], np.int64)
+        out = np.empty_like(att)
+        P._nb_fill_nearest(att, m.view(np.uint8), rects, out)
+        want = att.copy()
+        ref = _reference_fill_nearest(att, m, (0, h, 0, w))
+        for a, b, c, d in rects:
+            want[a:b, c:d] = ref[a:b, c:d]
+        _assert_identical(out, want)
+        # the tie rule, by brute force: unique values name the pixel taken
+        ids = np.arange(h * w, dtype=np.float32).reshape(h, w)
+        got = P._fill_nearest(ids, m, (0, h, 0, w)).astype(np.int64)
+        pr, pc = np.nonzero(m)
+        order = np.lexsort((pr, pc))  # by column, then row
+        pr, pc = pr[order], pc[order]
+        qr, qc = np.nonzero(np.ones((h, w), bool))
+        d2 = _cdist(np.c_[qr, qc], np.c_[pr, pc], "sqeuclidean")
+        k = np.argmin(d2, axis=1)  # the first minimum: smallest column, then row
+        np.testing.assert_array_equal(got.reshape(-1), pr[k] * w + pc[k])
+
+
+def test_window_counts_equal_the_integral_image():
+    from peelscan import peel as P
+
+    rng = np.random.default_rng(5)
+    for m in _random_masks(rng, 40, max_side=90):
+        for t, step in ((4, 1), (4, 3), (8, 8), (16, 8), (5, 2)):
+            if m.shape[0] >= t and m.shape[1] >= t:
+                _assert_identical(P._window_sums(m, t, step), _reference_window_sums(m, t, step))
+                sub = m[1:, 2:]  # a strided view
+                if sub.shape[0] >= t and sub.shape[1] >= t:
+                    _assert_identical(P._window_sums(sub, t, step), _reference_window_sums(sub, t, step))
+    a = rng.random((40, 30))
+    _assert_identical(P._window_sums(a, 8, 4), _reference_window_sums(a, 8, 4))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cut_tiles_equals_the_reference_formulation(seed):
+    """Positions, coverage, defect fractions and every pixel (both fill rules, the small-item
+    tile, odd tile/stride/coverage settings) equal the numpy/scipy formulation's, bit for bit."""
+    rng = np.random.default_rng(100 + seed)
+    settings = ((32, 16, 0.75), (16, 8, 0.5), (8, 4, 0.9), (16, 16, 1.0), (12, 5, 0.6))
+    for k, m in enumerate(_random_masks(rng, 24, max_side=140)):
+        att = rng.random(m.shape).astype(np.float32)
+        dmask = rng.random(m.shape) < 0.1
+        t, s, mc = settings[k % len(settings)]
+        for depth in rng.choice([0.0, 0.5, 1.0, 1.5, 3.0], 2, replace=False):
+            for fill in ("nearest", "mean"):
+                cfg = PeelConfig(peel_depth_mm=float(depth), tile_size=t, stride=s, min_coverage=mc, fill=fill,
+                                 small_item_tile=bool(k % 2))
+                _assert_same_tiles(cut_tiles(att, m, cfg, dmask, 2), _reference_cut_tiles(att, m, cfg, dmask, 2),
+                                   (k, cfg))
+    for seed2 in range(3):  # potato-sized blobs in a full frame
+        m = blob(center=(int(rng.integers(40, 216)), int(rng.integers(40, 216))),
+                 radii=(int(rng.integers(15, 80)), int(rng.integers(15, 80))), seed=seed2)
+        att = scan_with(m, seed=seed2)
+        for cfg in (PeelConfig(), PeelConfig(fill="mean"), PeelConfig(stride=8), PeelConfig(peel_depth_mm=4.3)):
+            _assert_same_tiles(cut_tiles(att, m, cfg), _reference_cut_tiles(att, m, cfg))
+
+
+def test_peel_scan_on_synthetic_scans_equals_the_reference_formulation():
+    """Both callers' paths — the line scorer's (no defect mask, no whole-item images) and the
+    asset's (defect mask, whole-item images) — on rendered, preprocessed, segmented scans
+    with one to three tubers, touching ones included."""
+    from peelscan.preprocess import preprocess_scan
+    from peelscan.segment import segment_items
+    from peelscan.synth import (DEFECT_TYPES, machine_for_lot, make_phantom, render_counts, render_dark,
+                                render_flat, scan_mask)
+
+    rng = np.random.default_rng(9703)
+    machine = machine_for_lot(rng, 256)
+    dark, flat = render_dark(machine, rng, (16, 256)), render_flat(machine, rng, (16, 256))
+    n_items = 0
+    for k in range(6):
+        phantom = make_phantom(rng, n_objects=1 + k % 3, defect=DEFECT_TYPES[k % len(DEFECT_TYPES)] if k % 2 else None,
+                               touching=k == 4)
+        att = preprocess_scan(render_counts(phantom, machine, rng), dark, flat).attenuation
+        masks = [it.full_mask(att.shape) for it in segment_items(att)]
+        n_items += len(masks)
+        dmask = scan_mask(phantom, machine)
+        for cfg in (PeelConfig(), PeelConfig(fill="mean", stride=8)):
+            for dm, whole in ((None, False), (dmask, True)):
+                got = peel_scan(att, masks, cfg, dm, whole=whole)
+                ref = _reference_peel_scan(att, masks, cfg, dm, whole)
+                _assert_same_tiles(got[0], ref[0], (k, cfg, whole))
+                assert len(got[1]) == len(ref[1]) == (len(masks) if whole else 0)
+                for x, y in zip(got[1], ref[1]):
+                    _assert_identical(x, y)
+                assert got[1].origins == ref[1].origins and got[1].defect_fraction == ref[1].defect_fraction
+    assert n_items >= 10
