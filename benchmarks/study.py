@@ -140,6 +140,25 @@ Whole images, {best_whole}:
 
 {md(per_type_w)}
 
+## What it still misses, and why
+
+- **Bruise.** A bruise here is tissue 10 % denser over an ellipsoid of 10–18 mm. In projection
+  that is a smooth bump of about 0.03 in −ln T on a tuber whose own thickness profile spans
+  about 1.2 — the same shape and spatial frequency as ordinary thickness variation inside a
+  16 mm tile. An autoencoder that reconstructs good tissue well reconstructs this bump too, so
+  no measure of input against reconstruction sees it; the whole-image arm, whose error is
+  dominated by the outline, does not either. Its AUROC stays near chance in both arms and it
+  alone holds the overall AUROC under the 0.98 goal (see "all but bruise" above). Finding
+  bruises needs information a single projection lacks — the tuber's thickness from its
+  outline or a second view, so that a density excess can be told from a thicker tuber.
+- **Hollow heart and glass at 1 % FPR.** Both are separated by AUROC but some fall below the
+  label-free threshold: thin lens-shaped cavities (1.5–3.5 mm thick, ~0.06 in −ln T) and glass
+  shards seen edge-on change few pixels of one tile.
+- **FSIM, the research's best measure, is not ours.** On 32 px tiles of this synthetic tissue
+  its phase congruency responds to the tissue texture the autoencoder does not reproduce, and
+  its tile mean dilutes a small defect; SSIM's local windows and GMSD's gradient deviation
+  single it out. We report the ranking we measure rather than the one we expected.
+
 ## Pictures (first lot)
 
 ROC curves of all measures, peeled tiles and whole images:

@@ -97,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-scans", type=int, default=160)
     ap.add_argument("--line-scans", type=int, default=512)
-    ap.add_argument("--batches", default="1,4,8,16,32")
+    ap.add_argument("--batches", default="1,4,8,16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--two-line-batches", default="1,4,8")
     ap.add_argument("--out", default=None)

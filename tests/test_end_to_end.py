@@ -4,7 +4,9 @@ every table filled with the columns of shared/DESIGN.md, reruns leave no duplica
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,8 @@ def e2e_home(tmp_path_factory):
     _run(["synth", str(home / "landing"), "--lots", "1", "--scans", "36", "--anomaly-rate", "0.35",
           "--seed", "7"], env)
     first = _run(["run"], env)
+    # the tables of the first, lot-by-lot run, for the backfill comparison (later tests rerun)
+    shutil.copy(home / "warehouse.read.duckdb", home.parent / "first_run.duckdb")
     return home, env, first
 
 
@@ -77,6 +81,54 @@ def test_run_fills_every_table_with_the_design_columns(e2e_home):
     reports = home / "reports" / "lot-000"
     assert (reports / "roc_curves_tiles.png").stat().st_size > 5000
     assert (reports / "anomaly_heatmap.png").exists()
+
+
+#: (table, columns compared, order) — every column of shared/DESIGN.md but the timestamps, the
+#: model versions (content hashes that include the training time) and the landing paths
+COMPARED = [
+    ("scans", "lot_id, scan_id, width, height, dtype, n_items, label, defect_type, split", "scan_id"),
+    ("training_runs", "lot_id, arch, n_train_tiles, epochs, train_loss, val_loss, parent_version", "arch"),
+    ("anomaly_reports", "lot_id, model_kind, metric, scan_id, item_index, score, anomaly_score, threshold, "
+                        "is_anomaly, label, defect_type, split, worst_tile_row, worst_tile_col",
+     "model_kind, metric, scan_id"),
+    ("roc_summaries", "lot_id, model_kind, metric, n_good, n_anomalous, auroc, auprc, tpr_at_fpr_1pct, "
+                      "tpr_at_fpr_5pct, best_accuracy, threshold", "model_kind, metric"),
+    ("roc_curves", "lot_id, model_kind, metric, fpr, tpr, threshold", "model_kind, metric, fpr, tpr, threshold"),
+]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+@pytest.mark.slow
+def test_backfill_gives_the_same_tables_as_lot_by_lot_runs(e2e_home, tmp_path):
+    """`peelscan backfill` — one Dagster backfill over every lot partition, run by the daemon
+    as a UI-launched backfill is — in a fresh home gives the tables of the lot-by-lot run."""
+    home, env, _ = e2e_home
+    other = tmp_path / "var"
+    shutil.copytree(home / "landing", other / "landing")
+    (other / "dagster").mkdir(parents=True)
+    env_b = {**env, "PEELSCAN_HOME": str(other), "DAGSTER_HOME": str(other / "dagster")}
+    out = _run(["backfill"], env_b, timeout=1500)
+    assert "lot lot-000: run" in out and "SUCCESS" in out, out
+    assert (other / "dagster" / "dagster.yaml").exists()  # per-lot run concurrency
+    a = duckdb.connect(str(home.parent / "first_run.duckdb"), read_only=True)
+    b = duckdb.connect(str(other / "warehouse.read.duckdb"), read_only=True)
+    try:
+        for table, cols, order in COMPARED:
+            ra = a.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
+            rb = b.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
+            assert len(ra) == len(rb) > 0, (table, len(ra), len(rb))
+            for x, y in zip(ra, rb):
+                assert all(_same(u, v) for u, v in zip(x, y)), (table, x, y)
+        qa = a.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        assert qa == b.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.mark.slow
