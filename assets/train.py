@@ -76,6 +76,9 @@ class TrainAssetConfig(Config):
     min_steps: int = 600
     """At least this many gradient steps from scratch: a lot's few hundred whole-item images
     would otherwise get only a few dozen steps in ``epochs`` epochs and stay untrained."""
+    force_retrain: bool = False
+    """Retrain even when the lot's data, tiling and loss are unchanged since its current model
+    (by default such a rerun keeps the model in service: reruns and backfills are idempotent)."""
     max_train_tiles: int = 20000
     """Cap on training tiles (a seeded subsample beyond it), to bound nightly training time."""
 
@@ -90,6 +93,21 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
         raise ValueError(f"model_kind must be one of {MODEL_KINDS}, got {kind!r}")
     store = lake.store()
     models = model_store.model_store()
+    data_version = store.dataset_manifest(lot, "raw")["metadata"].get("content_version")
+    tiles_config = store.dataset_manifest(lot, DATASET_OF_KIND[kind])["metadata"].get("config")
+    if config.warm_start == "previous" and not config.force_retrain:
+        cur = models.current(lot, kind)
+        cur_card = models.card(lot, kind, cur) if cur is not None else {}
+        if (cur is not None and data_version is not None and cur_card.get("training_data_version") == data_version
+                and cur_card.get("tiles_config") == tiles_config and cur_card.get("loss") == config.loss):
+            # a rerun or backfill of a lot whose data, tiling and loss are unchanged: nothing new
+            # to learn, so the model in service stays, and the lot's tables come out identical
+            models.set_candidate(lot, kind, cur)
+            context.log.info(f"lot {lot}: data unchanged since model {cur}; kept (force_retrain to retrain)")
+            return MaterializeResult(metadata={
+                "model_version": cur, "model_kind": kind, "retrained": False,
+                "reason": "training data, tiling and loss unchanged since the current model",
+                "training_data_version": data_version})
     table = store.read_dataset(lot, DATASET_OF_KIND[kind])
     fit, val = split_train_val(table, config.val_fraction)
     if fit.num_rows == 0:
@@ -123,7 +141,6 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
     t0 = time.perf_counter()
     result = train_autoencoder(fit_x, tcfg, kind=kind, init_state=init_state, val_tiles=val_x)
     seconds = time.perf_counter() - t0
-    manifest = store.dataset_manifest(lot, "raw")
     tiles_version = store.current_version(lot, DATASET_OF_KIND[kind])
     card = {
         "lot_id": lot, "kind": kind, "tile_size": int(fit_x.shape[-1]),
@@ -132,7 +149,7 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
                                      "(0.5 / 99.5 percentiles; peelscan.model.fit_normalisation)",
                           **result.model.normalisation()},
         "loss": config.loss, "train_config": tcfg.as_dict(),
-        "training_data_version": manifest["metadata"].get("content_version"),
+        "training_data_version": data_version, "tiles_config": tiles_config,
         "tiles_dataset_version": tiles_version,
         "parent_version": parent_version, "parent": parent_desc,
         "val_salt": VAL_SALT, "val_fraction": config.val_fraction,
@@ -150,7 +167,7 @@ def autoencoder(context: AssetExecutionContext, config: TrainAssetConfig, lake: 
         "seconds": seconds, "parent_version": parent_version, "trained_at": datetime.now(timezone.utc),
     }]), extra_key={"model_version": version})
 
-    meta: dict = {"model_version": version, "model_kind": kind, "n_train_tiles": result.n_train,
+    meta: dict = {"model_version": version, "model_kind": kind, "retrained": True, "n_train_tiles": result.n_train,
                   "n_val_tiles": result.n_val, "epochs_run": result.epochs_run, "seconds": round(seconds, 2),
                   "parent_version": parent_version or "none (from scratch)",
                   "val_loss": card["metrics"]["val_loss"]}

@@ -60,7 +60,7 @@ def lot_training(scans: int, threads: int) -> dict:
         lot, res, instance = prepare_lot(home, scans, seed=9601, epochs=30)
         ok = materialize([autoencoder, autoencoder_no_regression], partition_key=lot, resources=res,
                          instance=instance,
-                         run_config={"ops": {"autoencoder": {"config": {"threads": threads}}}}).success
+                         run_config={"ops": {"autoencoder": {"config": {"threads": threads, "force_retrain": True}}}}).success
         assert ok, "warm-start training failed"
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
         runs = con.execute("SELECT n_train_tiles, epochs, seconds, parent_version FROM training_runs "

@@ -73,6 +73,13 @@ class ModelStore:
     def current(self, lot_id: str, kind: str) -> str | None:
         return self._pointer(lot_id, kind, "CURRENT")
 
+    def set_candidate(self, lot_id: str, kind: str, version: str) -> None:
+        """Point CANDIDATE at an existing version (e.g. the current one, when a rerun keeps it)."""
+        base = self._key(lot_id, kind)
+        if not self.store.exists(*base, validate_id(version, "model version"), "card.json"):
+            raise ModelFileError(f"no model {self.store.display(*base, version)}")
+        self.store.write_json({"version": version}, *base, "CANDIDATE")
+
     def promote(self, lot_id: str, kind: str, version: str) -> None:
         base = self._key(lot_id, kind)
         if not self.store.exists(*base, validate_id(version, "model version"), "card.json"):
