@@ -36,6 +36,8 @@ import scipy.fft as sp_fft
 import torch
 import torch.nn.functional as F
 
+from peelscan._select import nb_kth
+
 __all__ = [
     "MEASURE_NAMES",
     "MEASURES",
@@ -318,39 +320,6 @@ def _nb_spectra(fz, sym2, anti2, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**_NJIT)
-def _nb_kth(a, k):  # pragma: no cover - compiled
-    """k-th smallest element of a (reordered in place): Hoare quickselect, median-of-3 pivot."""
-    lo = 0
-    hi = a.shape[0] - 1
-    while hi > lo:
-        mid = (lo + hi) // 2
-        p0, p1, p2 = a[lo], a[mid], a[hi]
-        if p0 > p1:
-            p0, p1 = p1, p0
-        if p1 > p2:
-            p1 = p2
-            if p0 > p1:
-                p1 = p0
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < p1:
-                i += 1
-            while a[j] > p1:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return a[k]
-    return a[k]
-
-
-@numba.njit(**_NJIT)
 def _nb_strided_kth(v, start, n, k, buf, smp):  # pragma: no cover - compiled
     """k-th smallest of v[start], v[start + 2], ..., v[start + 2 (n - 1)] (one lane of an
     interleaved x/y array), exactly, without data-dependent branches in the long loop: a strided
@@ -374,10 +343,10 @@ def _nb_strided_kth(v, start, n, k, buf, smp):  # pragma: no cover - compiled
             buf[c] = a
             c += np.int32((a >= lo) & (a <= hi))
         if below <= k < below + c:
-            return _nb_kth(buf[:c], k - below)
+            return nb_kth(buf, c, k - below)
     for p in range(n):
         buf[p] = v[start + 2 * p]
-    return _nb_kth(buf[:n], k)
+    return nb_kth(buf, n, k)
 
 
 @numba.njit(**_NJIT)

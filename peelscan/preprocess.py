@@ -94,6 +94,8 @@ from typing import Any
 import numpy as np
 import numba
 
+from peelscan._select import nb_kth as _nb_kth
+
 PREPROCESS_ALGORITHM = "pp1"
 
 
@@ -190,46 +192,6 @@ class Preprocessed:
 
 _NJIT = dict(nogil=True, cache=True, error_model="numpy")
 _SELECT_SMALL = 2048  # up to this many values: equal-width buckets; above: float32-key buckets
-
-
-@numba.njit(**_NJIT)
-def _nb_kth(v, n, k):  # pragma: no cover - compiled
-    """Reorder ``v[:n]`` so that ``v[k]`` is its k-th smallest value (0-based), everything
-    before it <= it and everything after it >= it (Hoare's FIND); returns ``v[k]``."""
-    lo = 0
-    hi = n - 1
-    while hi > lo:
-        mid = (lo + hi) >> 1
-        a = v[lo]
-        b = v[mid]
-        c = v[hi]
-        if a > b:
-            a, b = b, a
-        if b > c:
-            b = c
-            if a > b:
-                b = a
-        pivot = b
-        i = lo
-        j = hi
-        while i <= j:
-            while v[i] < pivot:
-                i += 1
-            while v[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = v[i]
-                v[i] = v[j]
-                v[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return v[k]
 
 
 @numba.njit(**_NJIT)
