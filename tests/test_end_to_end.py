@@ -4,10 +4,14 @@ every table filled with the columns of shared/DESIGN.md, reruns leave no duplica
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 import sys
 from pathlib import Path
 
@@ -129,6 +133,85 @@ def test_backfill_gives_the_same_tables_as_lot_by_lot_runs(e2e_home, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def _compare_with_first_run(home: Path, other: Path) -> None:
+    a = duckdb.connect(str(home.parent / "first_run.duckdb"), read_only=True)
+    b = duckdb.connect(str(other / "warehouse.read.duckdb"), read_only=True)
+    try:
+        for table, cols, order in COMPARED:
+            ra = a.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
+            rb = b.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
+            assert len(ra) == len(rb) > 0, (table, len(ra), len(rb))
+            for x, y in zip(ra, rb):
+                assert all(_same(u, v) for u, v in zip(x, y)), (table, x, y)
+    finally:
+        a.close()
+        b.close()
+
+
+LAUNCH_BACKFILL = """mutation L($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+
+
+@pytest.mark.slow
+def test_backfill_launched_from_the_ui_gives_the_same_tables(e2e_home, tmp_path):
+    """The mutation the UI's "Launch backfill" dialog sends, to a real dagster-webserver on
+    127.0.0.1, then the Dagster daemon: the same tables as the lot-by-lot run."""
+    home, env, _ = e2e_home
+    other = tmp_path / "var"
+    shutil.copytree(home / "landing", other / "landing")
+    (other / "dagster").mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", other / "dagster" / "dagster.yaml")
+    env_b = {**env, "PEELSCAN_HOME": str(other), "DAGSTER_HOME": str(other / "dagster")}
+    subprocess.run([sys.executable, "-c", "from dagster import DagsterInstance; "
+                    "DagsterInstance.get().add_dynamic_partitions('lots', ['lot-000'])"], env=env_b, check=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bin_ = Path(sys.executable).parent
+    web = subprocess.Popen([str(bin_ / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                           cwd=ROOT, env=env_b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = None
+    try:
+        url = f"http://127.0.0.1:{port}/graphql"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        variables = {"p": {"selector": {"partitionSetName": "lot_job_partition_set",
+                                        "repositorySelector": {"repositoryName": "__repository__",
+                                                               "repositoryLocationName": "pipelines.definitions"}},
+                           "allPartitions": True}}
+        req = urllib.request.Request(url, json.dumps({"query": LAUNCH_BACKFILL, "variables": variables}).encode(),
+                                     {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=120).read())["data"]["launchPartitionBackfill"]
+        assert answer["__typename"] == "LaunchBackfillSuccess", answer
+        daemon = subprocess.Popen([str(bin_ / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env_b,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        check = ("from dagster import DagsterInstance, DagsterRunStatus as S, RunsFilter; import sys; "
+                 "rs = DagsterInstance.get().get_runs(RunsFilter(tags={'dagster/backfill': sys.argv[1]})); "
+                 "print(len(rs), sum(r.status in (S.SUCCESS, S.FAILURE, S.CANCELED) for r in rs), "
+                 "sum(r.status == S.SUCCESS for r in rs))")
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            out = subprocess.run([sys.executable, "-c", check, answer["backfillId"]], env=env_b,
+                                 capture_output=True, text=True).stdout.split()
+            if out and int(out[0]) >= 1 and out[0] == out[1]:
+                break
+            time.sleep(3)
+        assert out and out[0] == out[1] == out[2] == "1", out
+    finally:
+        for proc in (daemon, web):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    _compare_with_first_run(home, other)
 
 
 @pytest.mark.slow
