@@ -119,20 +119,7 @@ def test_backfill_gives_the_same_tables_as_lot_by_lot_runs(e2e_home, tmp_path):
     out = _run(["backfill"], env_b, timeout=1500)
     assert "lot lot-000: run" in out and "SUCCESS" in out, out
     assert (other / "dagster" / "dagster.yaml").exists()  # per-lot run concurrency
-    a = duckdb.connect(str(home.parent / "first_run.duckdb"), read_only=True)
-    b = duckdb.connect(str(other / "warehouse.read.duckdb"), read_only=True)
-    try:
-        for table, cols, order in COMPARED:
-            ra = a.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
-            rb = b.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
-            assert len(ra) == len(rb) > 0, (table, len(ra), len(rb))
-            for x, y in zip(ra, rb):
-                assert all(_same(u, v) for u, v in zip(x, y)), (table, x, y)
-        qa = a.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        assert qa == b.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-    finally:
-        a.close()
-        b.close()
+    _compare_with_first_run(home, other)
 
 
 def _compare_with_first_run(home: Path, other: Path) -> None:
@@ -145,6 +132,8 @@ def _compare_with_first_run(home: Path, other: Path) -> None:
             assert len(ra) == len(rb) > 0, (table, len(ra), len(rb))
             for x, y in zip(ra, rb):
                 assert all(_same(u, v) for u, v in zip(x, y)), (table, x, y)
+        qa = a.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        assert qa == b.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     finally:
         a.close()
         b.close()
