@@ -15,8 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 def materialize_lot(home: Path, lot: str, through: str = "autoencoder", epochs: int = 30,
                     kinds: tuple[str, ...] = ("tiles",)):
-    """Materialize the lot in ``home/landing`` up to ``through`` (``autoencoder`` or
-    ``scan_scores``), training each model kind of ``kinds``. Returns (resources, instance)."""
+    """Materialize the lot in ``home/landing`` up to ``through`` (``peeled_tiles``,
+    ``autoencoder`` or ``scan_scores``), training each model kind of ``kinds``. Returns (resources, instance)."""
     from dagster import DagsterInstance, materialize
 
     from assets.ingest import items, preprocessed_scans, raw_scans
@@ -36,6 +36,8 @@ def materialize_lot(home: Path, lot: str, through: str = "autoencoder", epochs: 
     ok = materialize([raw_scans, preprocessed_scans, items, peeled_tiles], partition_key=lot,
                      resources=res, instance=instance).success
     assert ok, "ingest/peel failed"
+    if through == "peeled_tiles":
+        return res, instance
     for kind in kinds:
         ok = materialize([autoencoder, autoencoder_no_regression], partition_key=lot, resources=res,
                          instance=instance,

@@ -14,7 +14,6 @@ all good eval scans).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _lot import ROOT
+from _lot import ROOT, materialize_lot
 
 VARIANTS = [
     ("ssim_l2, no stretch", {"loss": "ssim_l2", "normalise": False}),
@@ -39,23 +38,12 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def prepare(home: Path, scans: int, seed: int) -> str:
-    from dagster import DagsterInstance, materialize
-
-    from assets.ingest import items, preprocessed_scans, raw_scans
-    from assets.peel import peeled_tiles
+    """Write the lot and take it through the asset graph up to ``peeled_tiles``."""
     from peelscan.synth import write_landing
-    from resources import DaskResource, LakeResource, ModelStoreResource, ScanStoreResource, WarehouseResource
 
-    os.environ["PEELSCAN_HOME"] = str(home)
     lot = write_landing(str(home / "landing"), lots=1, scans=scans, anomaly_rate=0.35, seed=seed,
                         lot_prefix="choice")[0]
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("lots", [lot])
-    res = {"scan_store": ScanStoreResource(uri=str(home / "landing")), "lake": LakeResource(uri=str(home / "lake")),
-           "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
-           "model_store": ModelStoreResource(lake_uri=str(home / "lake")), "dask": DaskResource(n_workers=1)}
-    assert materialize([raw_scans, preprocessed_scans, items, peeled_tiles], partition_key=lot, resources=res,
-                       instance=instance).success
+    materialize_lot(home, lot, through="peeled_tiles")
     return lot
 
 
