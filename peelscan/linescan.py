@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,7 @@ class Decision:
 
     def line(self) -> str:
         if self.error:
-            return f"{self.scan_id}\tREJECTED\t{self.error}"
+            return f"{self.scan_id}\tREJECTED\t{self.source}: {self.error}"
         verdict = {True: "ANOMALY", False: "ok", None: "NO-ITEM"}[self.is_anomaly]
         score = "" if self.anomaly_score is None else f"{self.anomaly_score:.5f}"
         tile = "" if self.worst_tile_row is None else f"item {self.worst_item} tile ({self.worst_tile_row},{self.worst_tile_col})"
@@ -90,6 +92,8 @@ class LineScorer:
         self.pre_cfg = PreprocessConfig.from_dict(pre_cfg)
         self.peel_cfg = PeelConfig.from_dict(peel_cfg)
         self.seg_cfg = SegmentConfig()
+        n_threads = int(threads or torch.get_num_threads())
+        self._pool = ThreadPoolExecutor(n_threads, thread_name_prefix="peelscan-line") if n_threads > 1 else None
         cal = {r["kind"]: np.array(frame_from_row(r)) for r in lake.read_dataset(self.lot_id, "calibration").to_pylist()}
         self.dark, self.flat = cal.get("dark"), cal.get("flat")
 
@@ -97,7 +101,8 @@ class LineScorer:
         """Decide a batch of ``(scan_id, source, file bytes)``.
 
         ``timings``, if given, accumulates seconds per stage (decode, preprocess, segment,
-        peel, reconstruct+measures, decide) for profiling."""
+        peel, reconstruct+measures, decide) for profiling; the front-end stages (decode to
+        peel) run on up to ``threads`` scans at once, so their seconds are summed over threads."""
         clock = _Clock(timings)
         from peelscan.metrics import anomaly_score
         from peelscan.peel import peel_scan
@@ -109,7 +114,10 @@ class LineScorer:
         t0 = time.perf_counter()
         out: list[Decision | None] = [None] * len(scans)
         pixels, owners = [], []
-        for i, (sid, src, data) in enumerate(scans):
+
+        def front(scan: tuple[str, str, bytes]):
+            """decode -> preprocess -> segment -> peel of one scan: (tiles, n_items) or the rejection."""
+            sid, src, data = scan
             try:
                 raw = clock("decode", decode_image, data, src)
                 att = clock("preprocess", preprocess_scan, raw, self.dark, self.flat, self.pre_cfg).attenuation
@@ -117,10 +125,19 @@ class LineScorer:
                 tiles, _ = clock("peel", peel_scan, att, [it.full_mask(att.shape) for it in found], self.peel_cfg,
                                  None, whole=False)
             except ScanRejected as exc:
-                out[i] = Decision(sid, src, None, None, self.threshold, None, None, None, 0, 0, 0.0, exc.reason)
+                return exc
+            return tiles, len(found)
+
+        # the scans of a batch go through the front end side by side (its kernels release the GIL)
+        fronts = (list(self._pool.map(front, scans)) if self._pool is not None and len(scans) > 1
+                  else [front(sc) for sc in scans])
+        for i, ((sid, src, _), res) in enumerate(zip(scans, fronts)):
+            if isinstance(res, ScanRejected):
+                out[i] = Decision(sid, src, None, None, self.threshold, None, None, None, 0, 0, 0.0, res.reason)
                 continue
+            tiles, n_items = res
             pixels.append(tiles.pixels)
-            owners.append((i, tiles, len(found)))
+            owners.append((i, tiles, n_items))
         n = sum(len(p) for p in pixels)
         scores = (clock("reconstruct+measures", score_tiles, self.model, np.concatenate(pixels),
                         names=self.names)[self.metric] if n else np.zeros(0))
@@ -150,6 +167,7 @@ class _Clock:
 
     def __init__(self, timings: dict[str, float] | None):
         self.timings = timings
+        self.lock = threading.Lock()
 
     def __call__(self, stage: str, fn, *args, **kwargs):
         if self.timings is None:
@@ -158,7 +176,9 @@ class _Clock:
         try:
             return fn(*args, **kwargs)
         finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            with self.lock:
+                self.timings[stage] = self.timings.get(stage, 0.0) + dt
 
 
 def _iter_paths(args: argparse.Namespace) -> Iterator[Path]:
@@ -208,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            print(f"{path.name}\tREJECTED\tcannot read {path}: {exc.strerror}", flush=True)
+            print(f"{path.stem}\tREJECTED\t{path}: cannot read: {exc.strerror}", flush=True)
             continue
         batch.append((path.stem, str(path), data))
         if len(batch) >= args.batch:

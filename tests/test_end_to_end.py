@@ -246,3 +246,42 @@ def test_sql_answers_while_another_process_holds_the_warehouse(e2e_home):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+def test_line_scorer_decides_as_the_assets_did(e2e_home, tmp_path):
+    """``peelscan score`` (the line-side driver) on the lot's own landing files gives the scores
+    and decisions the asset graph wrote to anomaly_reports (one implementation, two drivers),
+    in batches that go through the multi-threaded front end, from files and from stdin; a
+    damaged file is rejected with its reason and the rest of the batch is still decided."""
+    home, env, _ = e2e_home
+    lot = home / "landing" / "lot-000"
+    scans = sorted(p for p in lot.glob("scan-*.tif"))[:11]
+    damaged = tmp_path / "scan-broken.tif"
+    damaged.write_bytes(scans[0].read_bytes()[:300])
+    con = duckdb.connect(str(home / "warehouse.read.duckdb"), read_only=True)
+    try:
+        want = {sid: (score, bool(flag)) for sid, score, flag in con.execute(
+            "SELECT scan_id, max(anomaly_score), bool_or(is_anomaly) FROM anomaly_reports "
+            "WHERE model_kind = 'tiles' AND metric = 'ssim' AND anomaly_score IS NOT NULL "
+            "GROUP BY scan_id").fetchall()}
+    finally:
+        con.close()
+
+    def decisions(stdout: str) -> dict[str, list[str]]:
+        rows = [line.split("\t") for line in stdout.splitlines() if line and not line.startswith("#")]
+        return {r[0]: r[1:] for r in rows}
+
+    by_args = decisions(_run(["score", "--lot", "lot-000", "--metric", "ssim", "--batch", "4",
+                              *map(str, scans[:6]), str(damaged), *map(str, scans[6:])], env))
+    piped = subprocess.run(PEELSCAN + ["score", "--lot", "lot-000", "--metric", "ssim", "--batch", "3", "-"],
+                           cwd=ROOT, env=env, input="\n".join(map(str, scans)) + "\n",
+                           capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-3000:]
+    by_stdin = decisions(piped.stdout)
+    assert by_args["scan-broken"][0] == "REJECTED" and "scan-broken.tif" in by_args["scan-broken"][1]
+    for p in scans:
+        for got in (by_args[p.stem], by_stdin[p.stem]):
+            verdict, score = got[0], float(got[1].removeprefix("score="))
+            assert score == pytest.approx(want[p.stem][0], abs=2e-5), (p.stem, score, want[p.stem])
+            assert (verdict == "ANOMALY") == want[p.stem][1], (p.stem, verdict, want[p.stem])
