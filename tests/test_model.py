@@ -136,3 +136,24 @@ def test_normalisation_is_fitted_saved_and_applied(tmp_path, synth_tiles):
     assert res_fit.shape[0] == 256
     with pytest.raises(ValueError, match="positive scale"):
         res.model.set_normalisation(0.1, 0.0)
+
+
+def test_inference_path_equals_forward_and_follows_weight_updates():
+    """``infer`` (sub-pixel convolutions, channels-last in ``reconstruct``) computes what
+    ``forward`` does, for both architectures, and picks up changed weights (training steps)."""
+    from peelscan.model import build_autoencoder, subpixel_weights
+
+    torch.manual_seed(3)
+    for kind, size, n in (("tiles", 32, 40), ("whole", 128, 3)):
+        model = build_autoencoder(kind, size).eval()
+        x = torch.rand(n, 1, size, size)
+        with torch.no_grad():
+            ref = model(x)
+            assert torch.allclose(model.infer(x), ref, atol=2e-6)
+            got = reconstruct(model, x[:, 0].numpy())
+            assert np.allclose(got, ref[:, 0].numpy(), atol=2e-6)
+            for p in model.parameters():  # an optimiser step changes the weights in place
+                p.add_(0.01 * torch.randn_like(p))
+            assert torch.allclose(model.infer(x), model(x), atol=2e-6)
+    with pytest.raises(ValueError, match="4x4 stride-2"):
+        subpixel_weights(torch.nn.ConvTranspose2d(4, 4, 3, stride=1, padding=1))
