@@ -19,6 +19,7 @@ BENCHES = [
     ["benchmarks/scoring.py", "--out", "docs/scoring_bench.md"],
     ["benchmarks/throughput.py", "--out", "docs/throughput.md"],
     ["benchmarks/study.py", "--out", "docs/study.md"],
+    ["benchmarks/bruise_ceiling.py", "--out", "docs/bruise_ceiling.md"],
 ]
 
 

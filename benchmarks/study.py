@@ -148,9 +148,11 @@ Whole images, {best_whole}:
   16 mm tile. An autoencoder that reconstructs good tissue well reconstructs this bump too, so
   no measure of input against reconstruction sees it; the whole-image arm, whose error is
   dominated by the outline, does not either. Its AUROC stays near chance in both arms and it
-  alone holds the overall AUROC under the 0.98 goal (see "all but bruise" above). Finding
-  bruises needs information a single projection lacks — the tuber's thickness from its
-  outline or a second view, so that a density excess can be told from a thicker tuber.
+  alone holds the overall AUROC under the 0.98 goal (see "all but bruise" above). It is the
+  data, not the model: a blob detector built for bruises, on the same kind of scans, reaches
+  only 0.63–0.65 on them ([bruise ceiling](bruise_ceiling.md)). Finding bruises needs
+  information a single projection lacks — a second view, or a thickness estimate independent
+  of the X-ray, so that a density excess can be told from a thicker tuber.
 - **Hollow heart and glass at 1 % FPR.** Both are separated by AUROC but some fall below the
   label-free threshold: thin lens-shaped cavities (1.5–3.5 mm thick, ~0.06 in −ln T) and glass
   shards seen edge-on change few pixels of one tile.
