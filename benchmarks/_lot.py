@@ -14,9 +14,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def materialize_lot(home: Path, lot: str, through: str = "autoencoder", epochs: int = 30,
-                    kinds: tuple[str, ...] = ("tiles",)):
+                    kinds: tuple[str, ...] = ("tiles",), peel: dict | None = None):
     """Materialize the lot in ``home/landing`` up to ``through`` (``peeled_tiles``,
-    ``autoencoder`` or ``scan_scores``), training each model kind of ``kinds``. Returns (resources, instance)."""
+    ``autoencoder`` or ``scan_scores``), training each model kind of ``kinds``; ``peel``: the
+    ``peeled_tiles`` config (e.g. ``{"stride": 32}``). Returns (resources, instance)."""
     from dagster import DagsterInstance, materialize
 
     from assets.ingest import items, preprocessed_scans, raw_scans
@@ -34,7 +35,8 @@ def materialize_lot(home: Path, lot: str, through: str = "autoencoder", epochs: 
            "model_store": ModelStoreResource(lake_uri=str(home / "lake")),
            "dask": DaskResource(n_workers=2)}
     ok = materialize([raw_scans, preprocessed_scans, items, peeled_tiles], partition_key=lot,
-                     resources=res, instance=instance).success
+                     resources=res, instance=instance,
+                     run_config={"ops": {"peeled_tiles": {"config": dict(peel)}}} if peel else None).success
     assert ok, "ingest/peel failed"
     if through == "peeled_tiles":
         return res, instance

@@ -25,6 +25,9 @@ from _lot import ROOT, materialize_lot
 SEEDS = (9301, 9302, 9303, 9304)
 
 
+STRIDE32 = "tiles at stride 32"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lots", type=int, default=2)
@@ -32,6 +35,8 @@ def main() -> None:
     ap.add_argument("--anomaly-rate", type=float, default=0.35)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", default="docs/study.md")
+    ap.add_argument("--no-stride32", dest="stride32", action="store_false",
+                    help="skip the third arm: peeled tiles at stride 32 (no overlap), the line-rate tiling")
     args = ap.parse_args()
     from peelscan.synth import write_landing
 
@@ -44,22 +49,36 @@ def main() -> None:
             lot = write_landing(str(home / "landing"), lots=1, scans=args.scans, anomaly_rate=args.anomaly_rate,
                                 seed=SEEDS[i], lot_prefix=f"study{i}")[0]
             materialize_lot(home, lot, through="scan_scores", epochs=args.epochs, kinds=("tiles", "whole"))
-            con = duckdb.connect(str(home / "warehouse.read.duckdb"), read_only=True)
-            summaries.append(con.execute("SELECT * FROM roc_summaries").df())
-            recalls.append(con.execute("""
-                SELECT lot_id, model_kind, metric, defect_type, count(*) AS n,
-                       sum(CASE WHEN is_anomaly THEN 1 ELSE 0 END) AS found
-                FROM anomaly_reports WHERE split = 'eval' AND label = 'anomalous'
-                GROUP BY ALL""").df())
-            scan_scores.append(con.execute("""
-                SELECT lot_id, model_kind, metric, scan_id, label, coalesce(defect_type, '') AS defect_type,
-                       max(anomaly_score) AS a
-                FROM anomaly_reports WHERE split = 'eval' GROUP BY ALL""").df())
-            fpr = con.execute("""
-                SELECT lot_id, model_kind, metric, avg(CASE WHEN is_anomaly THEN 1.0 ELSE 0.0 END) AS fpr_at_threshold
-                FROM anomaly_reports WHERE split = 'eval' AND label = 'good' GROUP BY ALL""").df()
-            summaries[-1] = summaries[-1].merge(fpr, on=["lot_id", "model_kind", "metric"], how="left")
-            con.close()
+            arms = [(home, None)]
+            if args.stride32:  # the same lot tiled without overlap, as a line at 100+ scans/s would
+                home32 = Path(tmp) / f"lot{i}-stride32"
+                shutil.copytree(home / "landing", home32 / "landing")
+                materialize_lot(home32, lot, through="scan_scores", epochs=args.epochs, kinds=("tiles",),
+                                peel={"stride": 32})
+                arms.append((home32, STRIDE32))
+            for h, rename in arms:
+                con = duckdb.connect(str(h / "warehouse.read.duckdb"), read_only=True)
+                summ = con.execute("SELECT * FROM roc_summaries").df()
+                rec = con.execute("""
+                    SELECT lot_id, model_kind, metric, defect_type, count(*) AS n,
+                           sum(CASE WHEN is_anomaly THEN 1 ELSE 0 END) AS found
+                    FROM anomaly_reports WHERE split = 'eval' AND label = 'anomalous'
+                    GROUP BY ALL""").df()
+                ss = con.execute("""
+                    SELECT lot_id, model_kind, metric, scan_id, label, coalesce(defect_type, '') AS defect_type,
+                           max(anomaly_score) AS a
+                    FROM anomaly_reports WHERE split = 'eval' GROUP BY ALL""").df()
+                fpr = con.execute("""
+                    SELECT lot_id, model_kind, metric, avg(CASE WHEN is_anomaly THEN 1.0 ELSE 0.0 END) AS fpr_at_threshold
+                    FROM anomaly_reports WHERE split = 'eval' AND label = 'good' GROUP BY ALL""").df()
+                con.close()
+                summ = summ.merge(fpr, on=["lot_id", "model_kind", "metric"], how="left")
+                for df in (summ, rec, ss):
+                    if rename:
+                        df["model_kind"] = df["model_kind"].replace({"tiles": rename})
+                summaries.append(summ)
+                recalls.append(rec)
+                scan_scores.append(ss)
             for name in ("roc_curves_tiles", "roc_curves_whole", "score_distributions_tiles",
                          "score_distributions_whole", "anomaly_heatmap"):
                 src = home / "reports" / lot / f"{name}.png"
@@ -100,6 +119,7 @@ def main() -> None:
     tt = pd.DataFrame(type_rows).groupby(["model_kind", "metric", "defect_type"])["auroc"].mean().reset_index()
     by_type = pd.concat([
         tt[(tt["model_kind"] == "tiles") & (tt["metric"] == best)].assign(arm=f"tiles, {best}"),
+        tt[(tt["model_kind"] == STRIDE32) & (tt["metric"] == best)].assign(arm=f"{STRIDE32}, {best}"),
         tt[(tt["model_kind"] == "whole") & (tt["metric"] == (best_whole or best))].assign(arm=f"whole, {best_whole}"),
     ]).pivot(index="defect_type", columns="arm", values="auroc").reset_index()
 
@@ -112,7 +132,10 @@ def main() -> None:
 {', '.join(map(str, SEEDS[:args.lots]))}, used by no test or default). Each lot runs the full asset graph twice:
 the peeled-tile autoencoder (the method) and the whole-image autoencoder (the earlier research's baseline, 128×128
 whole items). ROC figures use the `eval` split only; thresholds are calibrated without labels at 1 % FPR on
-held-out good training scans. Regenerate with `python benchmarks/study.py` (part of `make bench`).
+held-out good training scans. A third arm, *{STRIDE32}*, runs the tile method again on the same scans with
+tiles that do not overlap (a quarter as many per scan: the tiling that lets a line-side scorer reach 100+
+scans/s with FSIM, [throughput](throughput.md)). Regenerate with `python benchmarks/study.py` (part of
+`make bench`).
 
 ## AUROC per measure (mean over lots)
 
