@@ -36,9 +36,11 @@ ui: $(STAMP)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# make bench                         every benchmark (about an hour on 2 cores)
+# make bench BENCH="throughput study"  only those (names of benchmarks/*.py)
 bench: $(STAMP)
 	@mkdir -p bench-out
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH)
 
 audit: $(STAMP)
 	$(BIN)/pip install -q pip-audit
