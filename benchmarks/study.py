@@ -28,6 +28,23 @@ SEEDS = (9301, 9302, 9303, 9304)
 STRIDE32 = "tiles at stride 32"
 
 
+def line_rate_section(throughput_md: Path = ROOT / "docs" / "throughput.md") -> str:
+    """The study's other half, "can it keep up with the line": the measured table of
+    ``benchmarks/throughput.py`` (run before this one by ``make bench``), quoted from its page."""
+    if not throughput_md.exists():
+        return "\n## Line rate\n\nNot measured yet: run `python benchmarks/throughput.py --out docs/throughput.md`.\n"
+    lines = throughput_md.read_text().splitlines()
+    first = next((i for i, ln in enumerate(lines) if ln.startswith("| measures")), None)
+    if first is None:
+        return ""
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rates = lines[first:end]  # the first table: measures, layout, batch, scans/s, p50, p99
+    return ("\n## Line rate ([throughput](throughput.md), `benchmarks/throughput.py`)\n\n"
+            "Scans per second and per-scan latency of `peelscan score` on 2 cores, end to end from the "
+            "file's bytes to the decision, for unseen scans of a synthetic lot (goals: ≥ 100 scans/s "
+            "and p99 ≤ 50 ms with FSIM; ≥ 20 scans/s with all thirteen):\n\n" + "\n".join(rates) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lots", type=int, default=2)
@@ -195,7 +212,7 @@ Score distributions of good and anomalous eval scans:
 
 ![scores tiles](img/study_score_distributions_tiles.png)
 ![scores whole](img/study_score_distributions_whole.png)
-"""
+""" + line_rate_section()
     out = ROOT / args.out
     out.write_text(text)
     print(text)
