@@ -572,6 +572,10 @@ def reconstruct(model: nn.Module, tiles: np.ndarray, batch_size: int = 512) -> n
 
     Returns:
         ``(N, S, S)`` float32 reconstructions in [0, 1]; ``(0, S, S)`` for no tiles.
+
+    A :class:`ConvAutoencoder` runs through :meth:`ConvAutoencoder.infer`, and its weights are
+    switched to the channels-last memory format on the way (same values; saving and training
+    are unaffected).
     """
     x = _check_tiles(tiles, "tiles to reconstruct")
     if int(batch_size) <= 0:
