@@ -140,6 +140,20 @@ def main() -> None:
         tt[(tt["model_kind"] == "whole") & (tt["metric"] == (best_whole or best))].assign(arm=f"whole, {best_whole}"),
     ]).pivot(index="defect_type", columns="arm", values="auroc").reset_index()
 
+    stride32_text = ""
+    if STRIDE32 in wide:
+        d = wide.loc[best, STRIDE32] - wide.loc[best, "tiles"]
+        t16 = mean[(mean["model_kind"] == "tiles") & (mean["metric"] == best)]["tpr_at_fpr_1pct"].iloc[0]
+        t32 = mean[(mean["model_kind"] == STRIDE32) & (mean["metric"] == best)]["tpr_at_fpr_1pct"].iloc[0]
+        worst = (by_type.set_index("defect_type")[f"{STRIDE32}, {best}"]
+                 - by_type.set_index("defect_type")[f"tiles, {best}"]).drop("all but bruise").sort_values()
+        stride32_text = (
+            f"**The price of tiles that do not overlap** (stride 32, a quarter of the tiles: the line-rate "
+            f"tiling of [throughput](throughput.md)): with {best}, AUROC {wide.loc[best, STRIDE32]:.3f} against "
+            f"{wide.loc[best, 'tiles']:.3f} ({d:+.3f}) and TPR at 1 % FPR {t32:.3f} against {t16:.3f}; the defect "
+            f"types that lose most are {', '.join(f'{k} ({v:+.3f})' for k, v in worst.head(2).items())} — small "
+            "defects that a tile boundary can cut in two, where overlapping tiles always hold one whole.")
+
     def md(df: pd.DataFrame) -> str:
         return df.to_markdown(index=False, floatfmt=".3f")
 
@@ -165,6 +179,8 @@ Best measure on peeled tiles: **{best}** (AUROC {wide.loc[best, 'tiles']:.3f}); 
 ## AUROC per defect type (best measure of each arm; each type against all good eval scans)
 
 {md(by_type)}
+
+{stride32_text}
 
 ## All figures
 
