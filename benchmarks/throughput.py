@@ -144,9 +144,10 @@ def main() -> None:
         files = sorted((home / "line").iterdir())
         lake = Store(str(home / "lake"))
         rows, profiles = [], {}
-        for label, metric, all_metrics in (("FSIM", "fsim", False), ("SSIM", "ssim", False),
-                                           ("all 13", "fsim", True)):
-            scorer = LineScorer(lake, lot, metric=metric, all_metrics=all_metrics)
+
+        def measure(label: str, lake_dir: Path, metric: str, all_metrics: bool) -> None:
+            """One scorer's rows: each batch size in one process, then as two lines."""
+            scorer = LineScorer(Store(str(lake_dir)), lot, metric=metric, all_metrics=all_metrics)
             for b in [int(x) for x in args.batches.split(",")]:
                 rate, lat, timings = run(scorer, files, b)
                 rows.append((label, "1 process, 2 threads", b, rate, float(np.percentile(lat, 50)),
@@ -155,11 +156,15 @@ def main() -> None:
                 print(f"{label:7s} batch {b:3d}: {rate:7.1f} scans/s  p50 {rows[-1][4]:6.1f} ms  p99 {rows[-1][5]:6.1f} ms",
                       flush=True)
             for b in [int(x) for x in args.two_line_batches.split(",")]:
-                rate, lat = run_two_lines(str(home / "lake"), lot, metric, all_metrics, files, b)
+                rate, lat = run_two_lines(str(lake_dir), lot, metric, all_metrics, files, b)
                 rows.append((label, "2 lines: 2 processes × 1 thread", b, rate, float(np.percentile(lat, 50)),
                              float(np.percentile(lat, 99))))
                 print(f"{label:7s} two lines batch {b:3d}: {rate:7.1f} scans/s  p50 {rows[-1][4]:6.1f} ms  "
                       f"p99 {rows[-1][5]:6.1f} ms", flush=True)
+
+        for label, metric, all_metrics in (("FSIM", "fsim", False), ("SSIM", "ssim", False),
+                                           ("all 13", "fsim", True)):
+            measure(label, home / "lake", metric, all_metrics)
         # the same scans, the lot tiled without overlap (stride = tile size): a quarter of the
         # tiles per scan, at the detection cost measured on the lot's eval split below
         detection = [("stride 16 (default)", home, tiles_per_scan(LineScorer(lake, lot), files))]
@@ -167,22 +172,8 @@ def main() -> None:
             home32 = home / "stride32"
             split_landing(home / "gen", home32 / "landing", home32 / "line", lot, args.train_scans)
             materialize_lot(home32, lot, through="scan_scores", peel={"stride": 32})
-            lake32 = Store(str(home32 / "lake"))
-            detection.append(("stride 32", home32, tiles_per_scan(LineScorer(lake32, lot), files)))
-            label = "FSIM, stride 32"
-            scorer = LineScorer(lake32, lot, metric="fsim")
-            for b in [int(x) for x in args.batches.split(",")]:
-                rate, lat, timings = run(scorer, files, b)
-                rows.append((label, "1 process, 2 threads", b, rate, float(np.percentile(lat, 50)),
-                             float(np.percentile(lat, 99))))
-                print(f"{label} batch {b:3d}: {rate:7.1f} scans/s  p50 {rows[-1][4]:6.1f} ms  p99 {rows[-1][5]:6.1f} ms",
-                      flush=True)
-            for b in [int(x) for x in args.two_line_batches.split(",")]:
-                rate, lat = run_two_lines(str(home32 / "lake"), lot, "fsim", False, files, b)
-                rows.append((label, "2 lines: 2 processes × 1 thread", b, rate, float(np.percentile(lat, 50)),
-                             float(np.percentile(lat, 99))))
-                print(f"{label} two lines batch {b:3d}: {rate:7.1f} scans/s  p50 {rows[-1][4]:6.1f} ms  "
-                      f"p99 {rows[-1][5]:6.1f} ms", flush=True)
+            detection.append(("stride 32", home32, tiles_per_scan(LineScorer(Store(str(home32 / "lake")), lot), files)))
+            measure("FSIM, stride 32", home32 / "lake", "fsim", False)
         dlines = ["| tiling | tiles per scan | measure | AUROC | TPR at 1 % FPR | good / anomalous eval scans |",
                   "|---|---:|---|---:|---:|---|"]
         for name, h, tps in detection:
