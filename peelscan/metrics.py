@@ -319,43 +319,64 @@ def _nb_spectra(fz, sym2, anti2, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**_NJIT)
-def _nb_strided_kth(v, start, n, k, buf, smp):  # pragma: no cover - compiled
-    """k-th smallest of v[start], v[start + 2], ..., v[start + 2 (n - 1)] (one lane of an
-    interleaved x/y array), exactly, without data-dependent branches in the long loop: a strided
-    sample of ``len(smp)`` values brackets the rank k, one pass counts the values below the
-    bracket and gathers those inside it into buf, and quickselect finishes on the gathered
-    ones. Falls back to quickselect on all n if the bracket misses (the result is the same
-    either way; only the time differs)."""
-    m = smp.shape[0]
-    if n > 8 * m:
-        for j in range(m):
-            smp[j] = v[start + 2 * ((j * n) // m + n // (2 * m))]
-        smp.sort()
-        jk = (k * m) // n
-        lo = smp[max(0, jk - 5)]
-        hi = smp[min(m - 1, jk + 5)]
-        below = 0
-        c = 0
-        for p in range(n):
-            a = v[start + 2 * p]
-            below += np.int32(a < lo)
-            buf[c] = a
-            c += np.int32((a >= lo) & (a <= hi))
-        if below <= k < below + c:
-            return nb_kth(buf, c, k - below)
-    for p in range(n):
-        buf[p] = v[start + 2 * p]
-    return nb_kth(buf, n, k)
+def _nb_lane_medians(v, key, hw, k, shift, hx, hy, bx, by):  # pragma: no cover - compiled
+    """Exact k-th smallest of each lane of an interleaved x/y array of non-negative floats.
+
+    v (2 hw,) float32/64 with x at even and y at odd positions; key the same memory viewed as
+    int32/int64 (for non-negative IEEE floats the integer order is the value order). Returns
+    (k-th of x, k-th of y), the values themselves.
+
+    Most-significant-digit radix selection: one pass histograms ``key >> shift`` (the exponent
+    and the top 3 mantissa bits: bins an eighth of an octave wide) for both lanes at once; the
+    cumulative counts name the bin that holds rank k; a second pass gathers that bin's values
+    (typically a few dozen of 1,024) and Hoare's FIND (:func:`nb_kth`) finishes on them. Two
+    branch-free passes and no data-dependent miss path. hx, hy (2^(bits - 1 - shift),) int32
+    zeroed scratch (left zeroed), bx, by (hw,) scratch."""
+    lo_x = key[0] >> shift
+    lo_y = key[1] >> shift
+    hi_x = lo_x
+    hi_y = lo_y
+    for p in range(hw):
+        a = key[2 * p] >> shift
+        b = key[2 * p + 1] >> shift
+        hx[a] += 1
+        hy[b] += 1
+        lo_x = min(lo_x, a)
+        lo_y = min(lo_y, b)
+        hi_x = max(hi_x, a)
+        hi_y = max(hi_y, b)
+    bin_x = lo_x
+    below_x = 0
+    while below_x + hx[bin_x] <= k:
+        below_x += hx[bin_x]
+        bin_x += 1
+    bin_y = lo_y
+    below_y = 0
+    while below_y + hy[bin_y] <= k:
+        below_y += hy[bin_y]
+        bin_y += 1
+    for j in range(lo_x, hi_x + 1):
+        hx[j] = 0
+    for j in range(lo_y, hi_y + 1):
+        hy[j] = 0
+    cx = 0
+    cy = 0
+    for p in range(hw):
+        bx[cx] = v[2 * p]
+        by[cy] = v[2 * p + 1]
+        cx += np.int32((key[2 * p] >> shift) == bin_x)
+        cy += np.int32((key[2 * p + 1] >> shift) == bin_y)
+    return nb_kth(bx, cx, k - below_x), nb_kth(by, cy, k - below_y)
 
 
 @numba.njit(**_NJIT)
-def _nb_phase_congruency(r, alpha, eps, A, an0, san, buf, smp, pc):  # pragma: no cover - compiled
+def _nb_phase_congruency(r, alpha, eps, A, an0, an0_key, shift, san, hx, hy, bx, by, pc):  # pragma: no cover - compiled
     """Phase congruency (phasecong2) of one pair from its 2 x O*S filter responses.
 
     r (2 O S, 2HW): real view of ifft(Fz Gs) = e_x + i e_y (rows :OS) and ifft(Fz Ga / i) =
     o_x + i o_y (rows OS:), orientation-major; each lane is one pixel of x (even lanes) or y
-    (odd lanes) and every step is per lane. A, an0 (O, 2HW), san (2HW,), buf (HW,), smp (64,)
-    scratch;
+    (odd lanes) and every step is per lane. A, an0 (O, 2HW), san (2HW,) scratch, an0_key the
+    memory of an0 viewed as integers; shift, hx, hy, bx, by as in :func:`_nb_lane_medians`;
     pc (2HW,) out, interleaved x/y like the lanes.
 
     Per orientation: ``E = sum_s(e_s m_e + o_s m_o) - sum_s |e_s m_o - o_s m_e| - T`` with
@@ -394,8 +415,9 @@ def _nb_phase_congruency(r, alpha, eps, A, an0, san, buf, smp, pc):  # pragma: n
     for q in range(q2):
         pc[q] = 0
     for o in range(O):
-        tx = _nb_strided_kth(an0[o], 0, hw, k, buf, smp) * alpha[o]
-        ty = _nb_strided_kth(an0[o], 1, hw, k, buf, smp) * alpha[o]
+        mx, my = _nb_lane_medians(an0[o], an0_key[o], hw, k, shift, hx, hy, bx, by)
+        tx = mx * alpha[o]
+        ty = my * alpha[o]
         for p in range(hw):
             pc[2 * p] += max(A[o, 2 * p] - tx, zero)
             pc[2 * p + 1] += max(A[o, 2 * p + 1] - ty, zero)
@@ -428,25 +450,25 @@ def _nb_scharr(img, pad, g):  # pragma: no cover - compiled
 
 
 @numba.njit(**_NJIT)
-def _nb_fsim_chunk(r, x, y, alpha, eps, t1, t2, out, pcs, keep_pc):  # pragma: no cover - compiled
+def _nb_fsim_chunk(r, x, y, alpha, eps, t1, t2, an0, an0_key, shift, hx, hy, out, pcs, keep_pc):  # pragma: no cover - compiled
     """FSIM of each pair of a chunk from its filter responses r (B, 2 O S, 2HW) and the
-    0..255 images x, y (B, H, W); out (B,) float64. keep_pc: also write the phase-congruency
-    maps to pcs (B, 2HW) (x/y interleaved)."""
+    0..255 images x, y (B, H, W); out (B,) float64. an0 (O, 2HW) scratch and an0_key its
+    integer view, shift and the zeroed histograms hx, hy as in :func:`_nb_lane_medians`.
+    keep_pc: also write the phase-congruency maps to pcs (B, 2HW) (x/y interleaved)."""
     nb_, _, q2 = r.shape
     h, w = x.shape[1], x.shape[2]
     hw = h * w
     dt = r.dtype
     A = np.empty((4, q2), dt)
-    an0 = np.empty((4, q2), dt)
     san = np.empty(q2, dt)
-    buf = np.empty(hw, dt)
-    smp = np.empty(64, dt)
+    bx = np.empty(hw, dt)
+    by = np.empty(hw, dt)
     pc = np.empty(q2, dt)
     pad = np.empty((h + 2, w + 2), x.dtype)
     gx = np.empty((h, w), x.dtype)
     gy = np.empty((h, w), x.dtype)
     for i in range(nb_):
-        _nb_phase_congruency(r[i], alpha, eps, A, an0, san, buf, smp, pc)
+        _nb_phase_congruency(r[i], alpha, eps, A, an0, an0_key, shift, san, hx, hy, bx, by, pc)
         if keep_pc:
             for q in range(q2):
                 pcs[i, q] = pc[q]
@@ -706,6 +728,10 @@ def _fsim_pairs(x: np.ndarray, y: np.ndarray, keep_pc: bool = False) -> tuple[np
     out = np.empty(n, np.float64)
     pcs = np.empty((n, 2 * h * w) if keep_pc else (1, 1), nd)
     t1, t2 = nd.type(_FSIM_T1), nd.type(_FSIM_T2)
+    # the noise medians' radix bins: the amplitude's exponent and top 3 mantissa bits
+    kdt = np.int64 if nd == np.float64 else np.int32
+    shift = np.finfo(nd).nmant - 3
+    nbins = 1 << (8 * nd.itemsize - 1 - shift)
     # chunk: about 4 MiB of responses and at least 8 pairs (256 transforms) where a pair's
     # responses are under 4 MiB: oneMKL's per-call cost dominates smaller batches (64x64 pairs one
     # at a time ran at a third of the speed); split evenly when the batch is small (line scoring)
@@ -726,8 +752,10 @@ def _fsim_pairs(x: np.ndarray, y: np.ndarray, keep_pc: bool = False) -> tuple[np
         resp = _scratch("resp", (step, 2 * nf, h, w), np.dtype(cdt))[:b]
         _nb_spectra(fz.view(nd).reshape(b, -1), pcf.sym2, pcf.anti2, resp.view(nd).reshape(b, 2 * nf, -1))
         _fft2(resp, resp, inverse=True)  # in place: half the memory traffic of a second buffer
+        an0 = _scratch("an0", (_FSIM_ORIENTATIONS, 2 * h * w), np.dtype(nd))
         _nb_fsim_chunk(
             resp.view(nd).reshape(b, 2 * nf, -1), x[i0:i1], y[i0:i1], pcf.alpha, pcf.eps, t1, t2,
+            an0, an0.view(kdt), shift, np.zeros(nbins, np.int32), np.zeros(nbins, np.int32),
             out[i0:i1], pcs[i0:i1] if keep_pc else pcs, keep_pc,
         )
 

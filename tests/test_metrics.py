@@ -198,6 +198,38 @@ def test_phase_congruency_map_matches_piq():
     np.testing.assert_allclose(M.phase_congruency(x), ref, atol=1e-9)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fsim_noise_median_is_the_exact_lower_median_of_each_lane(dtype):
+    """FSIM's noise threshold needs the exact lower median of the finest-scale amplitudes of x
+    (even lanes) and y (odd lanes); the radix-bracketed selection must return it for any
+    non-negative data: spread over decades, heavy ties, zeros, a flat lane, one pixel."""
+    rng = np.random.default_rng(3)
+    shift = np.finfo(dtype).nmant - 3
+    kdt = np.int64 if dtype == np.float64 else np.int32
+    nbins = 1 << (8 * np.dtype(dtype).itemsize - 1 - shift)
+    hx, hy = np.zeros(nbins, np.int32), np.zeros(nbins, np.int32)
+    cases = {
+        "log-uniform over 12 decades": 10.0 ** rng.uniform(-6, 6, (2, 1024)),
+        "amplitude-like": np.abs(rng.normal(0, 30, (2, 1024))),
+        "ties": rng.integers(0, 4, (2, 1024)).astype(float),
+        "zeros and one bin": np.where(rng.random((2, 1023)) < 0.6, 0.0, 1.0 + rng.random((2, 1023)) * 1e-3),
+        "flat x, spread y": np.stack([np.full(400, 7.5), rng.random(400)]),
+        "one pixel": np.array([[2.0], [0.0]]),
+    }
+    for what, lanes in cases.items():
+        lanes = lanes.astype(dtype)
+        hw = lanes.shape[1]
+        k = (hw - 1) // 2
+        v = np.empty(2 * hw, dtype)
+        v[0::2], v[1::2] = lanes
+        before = v.copy()
+        bx, by = np.empty(hw, dtype), np.empty(hw, dtype)
+        mx, my = M._nb_lane_medians(v, v.view(kdt), hw, k, shift, hx, hy, bx, by)
+        assert (mx, my) == (np.sort(lanes[0])[k], np.sort(lanes[1])[k]), what
+        assert np.array_equal(v, before), what  # the amplitudes are read, not reordered
+        assert not hx.any() and not hy.any(), what  # the histograms are left zeroed for reuse
+
 def test_phase_congruency_agrees_with_phasepack_in_structure():
     """phasepack implements Kovesi's phasecong3 (cosine angular spread, frequency-spread
     weighting, per-orientation normalisation), FSIM's code uses phasecong2: the maps cannot be
