@@ -4,11 +4,14 @@ In one run, on the same batch of tile pairs (default 1,024 pairs at 32x32 and at
 float32 in [0, 1]: smooth random tiles and noisy reconstructions), time
 
 * each of the thirteen measures alone (``compute_measures(names=[m])``) and all thirteen
-  together (``compute_measures``), best of ``--repeats`` runs;
+  together (``compute_measures``);
 * piq 0.8.0 batched (``fsim(chromatic=False)``, ``gmsd``, ``ssim``) on the whole batch;
 * image-similarity-measures 0.3.6 (``fsim``, which calls phasepack's ``phasecong``, and
   ``issm``, ``uiq``, ``ssim``), which work one pair at a time: a subset of ``--subset`` pairs is
-  timed and the rate extrapolated to the batch (said so in the table).
+  timed and the rate extrapolated to the batch (said so in the table);
+* best of ``--repeats`` rounds, each round running every one of them once, so that each ratio
+  compares ours and the reference in the same state of the shared machine;
+* then FSIM on one thread with its time split by step (the FFT floor, docs/metrics.md).
 
 Prints a table of pairs per second and speed-up ratios and writes it as markdown (``--out``).
 Usage::
@@ -23,8 +26,10 @@ The thread count is torch's default unless ``--threads`` is given.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
+import math
 import os
 import platform
 import sys
@@ -33,6 +38,7 @@ import types
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -85,12 +91,16 @@ def make_batch(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return x.numpy(), y.numpy()
 
 
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
+def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time of each callable over ``repeats`` rounds; every round runs all of them
+    once, in order, so ours and the references are timed side by side in the same state of the
+    (shared, noisy) machine rather than minutes apart."""
+    best = {k: float("inf") for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -101,44 +111,41 @@ def run(n: int, sizes: list[int], subset: int, repeats: int) -> list[dict]:
     for size in sizes:
         x, y = make_batch(n, size)
         M.compute_measures(x[:4], y[:4])  # build the cached filters outside the timing
-        ours: dict[str, float] = {}
+        # (key, label, pairs per call, note, fn); key "ours:<measure>" or "<measure>"
+        timed: list[tuple[str, str, int, str, Callable[[], object]]] = []
         for name in M.MEASURE_NAMES:
-            ours[name] = n / best_time(lambda: M.compute_measures(x, y, names=[name]), repeats)
-        ours["all 13"] = n / best_time(lambda: M.compute_measures(x, y), repeats)
-        ref: dict[str, tuple[str, float, str]] = {}
+            timed.append((f"ours:{name}", "", n, "", functools.partial(M.compute_measures, x, y, names=[name])))
+        timed.append(("ours:all 13", "", n, "", functools.partial(M.compute_measures, x, y)))
         if piq is not None:
             tx, ty = torch.from_numpy(x)[:, None], torch.from_numpy(y)[:, None]
-            with torch.no_grad():
-                piq_fns = {
-                    "fsim": lambda: piq.fsim(tx, ty, data_range=1.0, reduction="none", chromatic=False),
-                    "gmsd": lambda: piq.gmsd(tx, ty, data_range=1.0, reduction="none"),
-                    "ssim": lambda: piq.ssim(tx, ty, data_range=1.0, reduction="none"),
-                }
-                for name, fn in piq_fns.items():
-                    fn()
-                    ref.setdefault(name, [])  # type: ignore[arg-type]
-                    ref[name].append(("piq 0.8.0 (batched)", n / best_time(fn, repeats), "whole batch"))  # type: ignore
+            piq_fns = {
+                "fsim": lambda: piq.fsim(tx, ty, data_range=1.0, reduction="none", chromatic=False),
+                "gmsd": lambda: piq.gmsd(tx, ty, data_range=1.0, reduction="none"),
+                "ssim": lambda: piq.ssim(tx, ty, data_range=1.0, reduction="none"),
+            }
+            for name, fn in piq_fns.items():
+                timed.append((name, "piq 0.8.0 (batched)", n, "whole batch", torch.no_grad()(fn)))
         if ism is not None:
             k = min(subset, n)
             # the library's conventions: (H, W, 1) arrays on a 12-bit scale (see docs/metrics.md)
             xs = [a[..., None].astype(np.float64) * 4095 for a in x[:k]]
             ys = [b[..., None].astype(np.float64) * 4095 for b in y[:k]]
-            ism_fns = {
-                "fsim": ism.fsim, "issm": ism.issm, "uiq": ism.uiq, "ssim": ism.ssim,
-            }
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for name, fn in ism_fns.items():
-                    kk = k if name != "uiq" else max(1, k // 4)
-                    t = best_time(lambda: [fn(a, b) for a, b in zip(xs[:kk], ys[:kk])], 1)
-                    label = "image-similarity-measures 0.3.6" + (" / phasepack" if name == "fsim" else "")
-                    ref.setdefault(name, [])  # type: ignore[arg-type]
-                    ref[name].append((label, kk / t, f"{kk} pairs timed, extrapolated"))  # type: ignore
+            for name, fn in {"fsim": ism.fsim, "issm": ism.issm, "uiq": ism.uiq, "ssim": ism.ssim}.items():
+                kk = k if name != "uiq" else max(1, k // 4)
+                label = "image-similarity-measures 0.3.6" + (" / phasepack" if name == "fsim" else "")
+                pairs = list(zip(xs[:kk], ys[:kk]))
+                timed.append((name, label, kk, f"{kk} pairs timed, extrapolated", lambda fn=fn, pairs=pairs: [fn(a, b) for a, b in pairs]))
+        for _, _, _, _, fn in timed:  # warm-up: numba compilation, torch and library caches
+            fn()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            best = best_times({f"{key}|{label}": fn for key, label, _, _, fn in timed}, repeats)
+        ours = {key[5:]: pairs / best[f"{key}|"] for key, label, pairs, _, _ in timed if key.startswith("ours:")}
         for name, rate in ours.items():
-            refs = ref.get(name, [])  # type: ignore[arg-type]
+            refs = [(label, pairs / best[f"{key}|{label}"], note) for key, label, pairs, note, _ in timed if key == name]
             if not refs:
                 rows.append({"size": size, "measure": name, "ours": rate, "ref": "", "ref_rate": None, "note": ""})
-            for label, rr, note in refs:  # type: ignore[misc]
+            for label, rr, note in refs:
                 rows.append({"size": size, "measure": name, "ours": rate, "ref": label, "ref_rate": rr, "note": note})
     return rows
 
@@ -151,7 +158,9 @@ def to_markdown(rows: list[dict], n: int, threads: int) -> str:
         f"Taken {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()} with "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch thread(s), load average "
         f"{load[0]:.2f}. Batch: {n} tile pairs per size, float32 in [0, 1]. Pairs per second, "
-        "best of the repeats; per-pair references timed on a subset and extrapolated.",
+        "best of the rounds (each round times every measure and every reference once, so each "
+        "ratio compares the two in the same state of the machine); per-pair references timed on "
+        "a subset and extrapolated.",
         "",
         "| size | measure | peelscan pairs/s | reference | reference pairs/s | speed-up | note |",
         "|---:|---|---:|---|---:|---:|---|",
@@ -163,6 +172,63 @@ def to_markdown(rows: list[dict], n: int, threads: int) -> str:
         ratio = "" if rr is None else f"{r['ours'] / rr:,.1f}x"
         lines.append(
             f"| {r['size']} | {r['measure']} | {r['ours']:,.0f} | {r['ref']} | {ref_rate} | {ratio} | {r['note']} |"
+        )
+    return "\n".join(head + lines) + "\n"
+
+
+def fsim_budget(n: int, sizes: list[int], repeats: int) -> list[dict]:
+    """Where FSIM's time goes, on one thread: seconds per step of ``_fsim_pairs`` (its stage
+    clock) for the benchmark batch, the best of ``repeats`` runs by wall time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for size in sizes:
+            x, y = make_batch(n, size)
+            x, y = np.ascontiguousarray(x * 255), np.ascontiguousarray(y * 255)
+            M._fsim_pairs(x[:8], y[:8])
+            best: tuple[float, dict[str, float]] | None = None
+            for _ in range(repeats):
+                stages: dict[str, float] = {}
+                t = time.perf_counter()
+                M._fsim_pairs(x, y, stages=stages)
+                wall = time.perf_counter() - t
+                if best is None or wall < best[0]:
+                    best = (wall, stages)
+            wall, stages = best  # type: ignore[misc]
+            hw = size * size
+            flop = 33 * 5 * hw * math.log2(hw)  # 1 forward + 32 inverse complex transforms per pair
+            rows.append({
+                "size": size, "wall_us": wall / n * 1e6,
+                "stages_us": {k: v / n * 1e6 for k, v in stages.items()},
+                "mflop": flop / 1e6, "gflops": flop * n / stages["transforms"] / 1e9,
+            })
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def budget_markdown(rows: list[dict], n: int) -> str:
+    order = ["transforms", "spectra", "phase congruency", "pack"]
+    head = [
+        "",
+        "## Where FSIM's time goes (one thread)",
+        "",
+        f"`_fsim_pairs` on the same {n} pairs (0..255 scale, float32), one torch thread, best of the "
+        "repeats; microseconds per pair per step. *transforms*: the forward and the 32 inverse FFTs "
+        "(oneMKL through torch); *spectra*: the 32 filter products; *phase congruency*: amplitudes, "
+        "energy, the eight noise medians, Scharr gradients and the pooled similarity; *pack*: x + i y.",
+        "",
+        "| size | FSIM µs/pair | " + " | ".join(order) + " | transforms MFLOP/pair | transforms GFLOP/s | FSIM / transforms |",
+        "|---:|---:|" + "---:|" * len(order) + "---:|---:|---:|",
+    ]
+    lines = []
+    for r in rows:
+        st = r["stages_us"]
+        cells = " | ".join(f"{st.get(k, 0.0):,.1f}" for k in order)
+        lines.append(
+            f"| {r['size']} | {r['wall_us']:,.1f} | {cells} | {r['mflop']:.2f} | {r['gflops']:.1f} | "
+            f"{r['wall_us'] / st['transforms']:.2f}x |"
         )
     return "\n".join(head + lines) + "\n"
 
@@ -194,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = run(a.n, a.sizes, a.subset, a.repeats)
     md = to_markdown(rows, a.n, torch.get_num_threads())
+    md += budget_markdown(fsim_budget(a.n, a.sizes, a.repeats), a.n)
     print(md)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

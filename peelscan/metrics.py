@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -80,6 +81,7 @@ _FSIM_DTHETA_ON_SIGMA = 1.2
 _FSIM_K = 2.0
 _FSIM_T1 = 0.85
 _FSIM_T2 = 160.0
+_MEDIAN_BIN_BITS = 5  # FSIM noise medians: radix bins of the exponent + 5 mantissa bits (1/32 octave)
 
 # SSIM constants (Wang et al. 2004)
 _SSIM_SIGMA = 1.5
@@ -327,9 +329,9 @@ def _nb_lane_medians(v, key, hw, k, shift, hx, hy, bx, by):  # pragma: no cover 
     (k-th of x, k-th of y), the values themselves.
 
     Most-significant-digit radix selection: one pass histograms ``key >> shift`` (the exponent
-    and the top 3 mantissa bits: bins an eighth of an octave wide) for both lanes at once; the
-    cumulative counts name the bin that holds rank k; a second pass gathers that bin's values
-    (typically a few dozen of 1,024) and Hoare's FIND (:func:`nb_kth`) finishes on them. Two
+    and the top ``_MEDIAN_BIN_BITS`` = 5 mantissa bits: bins a 32nd of an octave wide) for both
+    lanes at once; the cumulative counts name the bin that holds rank k; a second pass gathers
+    that bin's values (a few percent of them) and Hoare's FIND (:func:`nb_kth`) finishes. Two
     branch-free passes and no data-dependent miss path. hx, hy (2^(bits - 1 - shift),) int32
     zeroed scratch (left zeroed), bx, by (hw,) scratch."""
     lo_x = key[0] >> shift
@@ -701,13 +703,39 @@ def _fft2(a: np.ndarray, out: np.ndarray, inverse: bool) -> None:
         torch.fft.fft2(src, out=dst)
 
 
-def _fsim_pairs(x: np.ndarray, y: np.ndarray, keep_pc: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+class _StageClock:
+    """Adds the seconds between laps to ``stages[name]`` (thread-safe); does nothing when
+    ``stages`` is None."""
+
+    def __init__(self, stages: dict[str, float] | None) -> None:
+        self.stages = stages
+        self.lock = threading.Lock()
+
+    def start(self) -> float:
+        return time.perf_counter() if self.stages is not None else 0.0
+
+    def __call__(self, name: str, since: float) -> float:
+        if self.stages is None:
+            return 0.0
+        now = time.perf_counter()
+        with self.lock:
+            self.stages[name] = self.stages.get(name, 0.0) + now - since
+        return now
+
+
+def _fsim_pairs(
+    x: np.ndarray, y: np.ndarray, keep_pc: bool = False, stages: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """FSIM (and optionally the phase-congruency maps) of pairs of 0..255 images.
 
     Args:
         x, y: (N, H, W) C-contiguous float32 or float64 arrays on the 0..255 scale (already
             pooled as FSIM pools).
         keep_pc: also return the phase-congruency maps.
+        stages: if given, seconds spent in each step are added to it (summed over threads):
+            ``pack`` (interleaving x and y), ``transforms`` (the forward and the 32 inverse
+            FFTs), ``spectra`` (the filter products), ``phase congruency`` (amplitudes, energy,
+            noise medians, gradients and pooling); ``benchmarks/metrics.py`` reports them.
 
     Returns:
         (N,) float64 FSIM values and, if ``keep_pc``, (N, H, W, 2) maps of x ([..., 0]) and y.
@@ -728,9 +756,9 @@ def _fsim_pairs(x: np.ndarray, y: np.ndarray, keep_pc: bool = False) -> tuple[np
     out = np.empty(n, np.float64)
     pcs = np.empty((n, 2 * h * w) if keep_pc else (1, 1), nd)
     t1, t2 = nd.type(_FSIM_T1), nd.type(_FSIM_T2)
-    # the noise medians' radix bins: the amplitude's exponent and top 3 mantissa bits
+    # the noise medians' radix bins (5 mantissa bits: 8-11 % faster than 3 at 32 and 64 px)
     kdt = np.int64 if nd == np.float64 else np.int32
-    shift = np.finfo(nd).nmant - 3
+    shift = np.finfo(nd).nmant - _MEDIAN_BIN_BITS
     nbins = 1 << (8 * nd.itemsize - 1 - shift)
     # chunk: about 4 MiB of responses and at least 8 pairs (256 transforms) where a pair's
     # responses are under 4 MiB: oneMKL's per-call cost dominates smaller batches (64x64 pairs one
@@ -741,23 +769,31 @@ def _fsim_pairs(x: np.ndarray, y: np.ndarray, keep_pc: bool = False) -> tuple[np
     if n <= step * nt:
         step = max(1, -(-n // nt))
 
+    lap = _StageClock(stages)
+
     def work(i0: int) -> None:
         i1 = min(n, i0 + step)
         b = i1 - i0
+        t = lap.start()
         # per-thread buffers sized for a full chunk; the last, shorter chunk uses a prefix
         z = _scratch("z", (step, h, w), np.dtype(cdt))[:b]
         _nb_interleave(x[i0:i1].reshape(b, -1), y[i0:i1].reshape(b, -1), z.view(nd).reshape(b, -1))
+        t = lap("pack", t)
         fz = _scratch("fz", (step, h, w), np.dtype(cdt))[:b]
         _fft2(z, fz, inverse=False)
+        t = lap("transforms", t)
         resp = _scratch("resp", (step, 2 * nf, h, w), np.dtype(cdt))[:b]
         _nb_spectra(fz.view(nd).reshape(b, -1), pcf.sym2, pcf.anti2, resp.view(nd).reshape(b, 2 * nf, -1))
+        t = lap("spectra", t)
         _fft2(resp, resp, inverse=True)  # in place: half the memory traffic of a second buffer
+        t = lap("transforms", t)
         an0 = _scratch("an0", (_FSIM_ORIENTATIONS, 2 * h * w), np.dtype(nd))
         _nb_fsim_chunk(
             resp.view(nd).reshape(b, 2 * nf, -1), x[i0:i1], y[i0:i1], pcf.alpha, pcf.eps, t1, t2,
             an0, an0.view(kdt), shift, np.zeros(nbins, np.int32), np.zeros(nbins, np.int32),
             out[i0:i1], pcs[i0:i1] if keep_pc else pcs, keep_pc,
         )
+        lap("phase congruency", t)
 
     starts = list(range(0, n, step))
     if nt > 1 and len(starts) > 1:

@@ -205,7 +205,7 @@ def test_fsim_noise_median_is_the_exact_lower_median_of_each_lane(dtype):
     (even lanes) and y (odd lanes); the radix-bracketed selection must return it for any
     non-negative data: spread over decades, heavy ties, zeros, a flat lane, one pixel."""
     rng = np.random.default_rng(3)
-    shift = np.finfo(dtype).nmant - 3
+    shift = np.finfo(dtype).nmant - M._MEDIAN_BIN_BITS
     kdt = np.int64 if dtype == np.float64 else np.int32
     nbins = 1 << (8 * np.dtype(dtype).itemsize - 1 - shift)
     hx, hy = np.zeros(nbins, np.int32), np.zeros(nbins, np.int32)
