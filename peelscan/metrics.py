@@ -691,16 +691,14 @@ def _scratch(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     return a
 
 
-def _fft2(a: np.ndarray, out: np.ndarray, inverse: bool) -> None:
-    """2-D FFT over the last two axes of the complex array ``a`` into ``out`` (same shape and
-    dtype; may be ``a`` itself), unnormalised forward and 1/(H W) inverse as numpy's. Runs on
-    torch's FFT (oneMKL's DFTI in the CPU wheel: 2-3x scipy's pocketfft on batches of 32x32 and
-    64x64 complex64 transforms, docs/metrics.md) on tensors that share the arrays' memory."""
-    src, dst = torch.from_numpy(a), torch.from_numpy(out)
-    if inverse:
-        torch.fft.ifft2(src, out=dst)
-    else:
-        torch.fft.fft2(src, out=dst)
+def _fft2(a: np.ndarray, inverse: bool) -> np.ndarray:
+    """2-D FFT over the last two axes of the complex array ``a``, unnormalised forward and
+    1/(H W) inverse as numpy's, into a new array. Runs on torch's FFT (oneMKL's DFTI in the CPU
+    wheel: 2-3x scipy's pocketfft on batches of 32x32 and 64x64 complex64 transforms,
+    docs/metrics.md) on a tensor that shares ``a``'s memory. A new result, not ``out=``: torch's
+    ``out=`` path ran the same transforms 1.6-1.8x slower here (benchmarks/metrics.py notes)."""
+    src = torch.from_numpy(a)
+    return (torch.fft.ifft2(src) if inverse else torch.fft.fft2(src)).numpy()
 
 
 class _StageClock:
@@ -779,13 +777,12 @@ def _fsim_pairs(
         z = _scratch("z", (step, h, w), np.dtype(cdt))[:b]
         _nb_interleave(x[i0:i1].reshape(b, -1), y[i0:i1].reshape(b, -1), z.view(nd).reshape(b, -1))
         t = lap("pack", t)
-        fz = _scratch("fz", (step, h, w), np.dtype(cdt))[:b]
-        _fft2(z, fz, inverse=False)
+        fz = _fft2(z, inverse=False)
         t = lap("transforms", t)
         resp = _scratch("resp", (step, 2 * nf, h, w), np.dtype(cdt))[:b]
         _nb_spectra(fz.view(nd).reshape(b, -1), pcf.sym2, pcf.anti2, resp.view(nd).reshape(b, 2 * nf, -1))
         t = lap("spectra", t)
-        _fft2(resp, resp, inverse=True)  # in place: half the memory traffic of a second buffer
+        resp = _fft2(resp, inverse=True)
         t = lap("transforms", t)
         an0 = _scratch("an0", (_FSIM_ORIENTATIONS, 2 * h * w), np.dtype(nd))
         _nb_fsim_chunk(
