@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.execution.backfill import BulkActionStatus
@@ -97,13 +101,44 @@ def daemon_running(instance: DagsterInstance, max_age_s: float = 60.0) -> bool:
     return beat is not None and time.time() - beat.timestamp < max_age_s
 
 
+@contextmanager
+def stopped_on_exit(cmd: list[str], cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
+    """Start ``cmd`` in its own session and stop it (terminate, then kill after 30 s) when the
+    block ends: normally, on an exception, on Ctrl-C, and on SIGTERM or SIGHUP, which while the
+    block runs in the main thread become ``SystemExit(128 + signal)`` so that a scheduler or a
+    closed terminal ending ``peelscan backfill`` does not leave its Dagster daemon behind."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, leave)
+    try:
+        yield proc
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def backfill_all(timeout_s: float = 6 * 3600, instance: DagsterInstance | None = None, poll_s: float = 2.0) -> bool:
     """One Dagster backfill of ``lot_job`` over every ``lots`` partition — the same kind of
     backfill the UI launches — and wait for its runs. Returns True when all succeeded.
 
     The backfill is submitted with ``dagster job backfill``; Dagster's daemon turns it into
     runs. If no daemon is running (no recent heartbeat), one is started for the duration and
-    stopped afterwards. Runs of one lot never overlap (``dagster.yaml``'s tag concurrency),
+    stopped afterwards, also when this process is interrupted or terminated
+    (:func:`stopped_on_exit`). Runs of one lot never overlap (``dagster.yaml``'s tag concurrency),
     so a sensor or schedule run of the same lot waits its turn.
     """
     ensure_instance_config()
@@ -125,12 +160,8 @@ def backfill_all(timeout_s: float = 6 * 3600, instance: DagsterInstance | None =
         return False
     backfill_id = new[0].backfill_id
     print(f"backfill {backfill_id}: {len(lots)} lot(s)", flush=True)
-    daemon = None
-    if not daemon_running(instance):
-        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(ROOT / "workspace.yaml")],
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-    try:
+    daemon_cmd = [sys.executable, "-m", "dagster._daemon", "run", "-w", str(ROOT / "workspace.yaml")]
+    with (nullcontext(None) if daemon_running(instance) else stopped_on_exit(daemon_cmd)) as daemon:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if daemon is not None and daemon.poll() is not None:
@@ -149,10 +180,3 @@ def backfill_all(timeout_s: float = 6 * 3600, instance: DagsterInstance | None =
             time.sleep(poll_s)
         print(f"backfill {backfill_id} did not finish in {timeout_s:.0f} s", file=sys.stderr)
         return False
-    finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()

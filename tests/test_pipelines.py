@@ -149,3 +149,47 @@ def _check_schedule(instance, landing, lake):
     reqs = nightly_retraining(ctx)
     assert sorted(r.partition_key for r in reqs) == ["lot-b", "lot-c"]
     assert {r.run_key for r in reqs} == {"lot-b:2026-11-28", "lot-c:2026-11-28"}
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_backfill_daemon_is_stopped_when_the_backfill_is_terminated(signame):
+    """`peelscan backfill` starts a Dagster daemon when none runs. A scheduler's SIGTERM (or a
+    closed terminal's SIGHUP) ending the backfill must stop that daemon too, not orphan it:
+    `stopped_on_exit`, the block the backfill waits in, is run in a child Python with a
+    stand-in daemon, the child gets the signal, and the stand-in must be gone after it exits."""
+    import os
+    import signal
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from pipelines.runner import stopped_on_exit\n"
+        "with stopped_on_exit([sys.executable, '-c', 'import time; time.sleep(600)']) as daemon:\n"
+        "    print(daemon.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    daemon_pid = None
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    try:
+        daemon_pid = int(proc.stdout.readline())
+        assert alive(daemon_pid)  # the stand-in daemon runs
+        sig = getattr(signal, signame)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 128 + sig  # left through SystemExit, so the block's cleanup ran
+        deadline = time.monotonic() + 10
+        while alive(daemon_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(daemon_pid), f"the daemon outlived the backfill ended by {signame}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if daemon_pid is not None and alive(daemon_pid):
+            os.kill(daemon_pid, signal.SIGKILL)
