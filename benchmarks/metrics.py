@@ -91,16 +91,16 @@ def make_batch(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return x.numpy(), y.numpy()
 
 
-def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
     """Best wall time of each callable over ``repeats`` rounds; every round runs all of them
     once, in order, so ours and the references are timed side by side in the same state of the
     (shared, noisy) machine rather than minutes apart."""
-    best = {k: float("inf") for k in fns}
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        for k, fn in fns.items():
+        for i, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -111,11 +111,11 @@ def run(n: int, sizes: list[int], subset: int, repeats: int) -> list[dict]:
     for size in sizes:
         x, y = make_batch(n, size)
         M.compute_measures(x[:4], y[:4])  # build the cached filters outside the timing
-        # (key, label, pairs per call, note, fn); key "ours:<measure>" or "<measure>"
+        # (measure, reference label or "" for ours, pairs per call, note, fn)
         timed: list[tuple[str, str, int, str, Callable[[], object]]] = []
         for name in M.MEASURE_NAMES:
-            timed.append((f"ours:{name}", "", n, "", functools.partial(M.compute_measures, x, y, names=[name])))
-        timed.append(("ours:all 13", "", n, "", functools.partial(M.compute_measures, x, y)))
+            timed.append((name, "", n, "", functools.partial(M.compute_measures, x, y, names=[name])))
+        timed.append(("all 13", "", n, "", functools.partial(M.compute_measures, x, y)))
         if piq is not None:
             tx, ty = torch.from_numpy(x)[:, None], torch.from_numpy(y)[:, None]
             piq_fns = {
@@ -134,15 +134,17 @@ def run(n: int, sizes: list[int], subset: int, repeats: int) -> list[dict]:
                 kk = k if name != "uiq" else max(1, k // 4)
                 label = "image-similarity-measures 0.3.6" + (" / phasepack" if name == "fsim" else "")
                 pairs = list(zip(xs[:kk], ys[:kk]))
-                timed.append((name, label, kk, f"{kk} pairs timed, extrapolated", lambda fn=fn, pairs=pairs: [fn(a, b) for a, b in pairs]))
-        for _, _, _, _, fn in timed:  # warm-up: numba compilation, torch and library caches
+                timed.append((name, label, kk, f"{kk} pairs timed, extrapolated",
+                              lambda fn=fn, pairs=pairs: [fn(a, b) for a, b in pairs]))
+        for *_, fn in timed:  # warm-up: numba compilation, torch and library caches
             fn()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            best = best_times({f"{key}|{label}": fn for key, label, _, _, fn in timed}, repeats)
-        ours = {key[5:]: pairs / best[f"{key}|"] for key, label, pairs, _, _ in timed if key.startswith("ours:")}
+            best = best_times([fn for *_, fn in timed], repeats)
+        rates = [(name, label, pairs / t, note) for (name, label, pairs, note, _), t in zip(timed, best)]
+        ours = {name: rate for name, label, rate, _ in rates if not label}
         for name, rate in ours.items():
-            refs = [(label, pairs / best[f"{key}|{label}"], note) for key, label, pairs, note, _ in timed if key == name]
+            refs = [(label, rr, note) for nm, label, rr, note in rates if label and nm == name]
             if not refs:
                 rows.append({"size": size, "measure": name, "ours": rate, "ref": "", "ref_rate": None, "note": ""})
             for label, rr, note in refs:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peelscan._clock import StageClock
 from peelscan.config import settings
 from peelscan.ids import validate_id
 from peelscan.lake import Store
@@ -103,7 +103,7 @@ class LineScorer:
         ``timings``, if given, accumulates seconds per stage (decode, preprocess, segment,
         peel, reconstruct+measures, decide) for profiling; the front-end stages (decode to
         peel) run on up to ``threads`` scans at once, so their seconds are summed over threads."""
-        clock = _Clock(timings)
+        clock = StageClock(timings)
         from peelscan.metrics import anomaly_score
         from peelscan.peel import peel_scan
         from peelscan.preprocess import preprocess_scan
@@ -160,25 +160,6 @@ class LineScorer:
         if timings is not None:
             timings["decide"] = timings.get("decide", 0.0) + time.perf_counter() - t_decide
         return [d for d in out if d is not None]
-
-
-class _Clock:
-    """Calls a function and adds its wall time to ``timings[stage]`` (when timings is a dict)."""
-
-    def __init__(self, timings: dict[str, float] | None):
-        self.timings = timings
-        self.lock = threading.Lock()
-
-    def __call__(self, stage: str, fn, *args, **kwargs):
-        if self.timings is None:
-            return fn(*args, **kwargs)
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            dt = time.perf_counter() - t0
-            with self.lock:
-                self.timings[stage] = self.timings.get(stage, 0.0) + dt
 
 
 def _iter_paths(args: argparse.Namespace) -> Iterator[Path]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from peelscan._clock import StageClock
 from peelscan._select import nb_kth
 
 __all__ = [
@@ -696,29 +696,9 @@ def _fft2(a: np.ndarray, inverse: bool) -> np.ndarray:
     1/(H W) inverse as numpy's, into a new array. Runs on torch's FFT (oneMKL's DFTI in the CPU
     wheel: 2-3x scipy's pocketfft on batches of 32x32 and 64x64 complex64 transforms,
     docs/metrics.md) on a tensor that shares ``a``'s memory. A new result, not ``out=``: torch's
-    ``out=`` path ran the same transforms 1.6-1.8x slower here (benchmarks/metrics.py notes)."""
+    ``out=`` path ran the same transforms 1.6-1.8x slower here (docs/metrics.md)."""
     src = torch.from_numpy(a)
     return (torch.fft.ifft2(src) if inverse else torch.fft.fft2(src)).numpy()
-
-
-class _StageClock:
-    """Adds the seconds between laps to ``stages[name]`` (thread-safe); does nothing when
-    ``stages`` is None."""
-
-    def __init__(self, stages: dict[str, float] | None) -> None:
-        self.stages = stages
-        self.lock = threading.Lock()
-
-    def start(self) -> float:
-        return time.perf_counter() if self.stages is not None else 0.0
-
-    def __call__(self, name: str, since: float) -> float:
-        if self.stages is None:
-            return 0.0
-        now = time.perf_counter()
-        with self.lock:
-            self.stages[name] = self.stages.get(name, 0.0) + now - since
-        return now
 
 
 def _fsim_pairs(
@@ -738,8 +718,8 @@ def _fsim_pairs(
     Returns:
         (N,) float64 FSIM values and, if ``keep_pc``, (N, H, W, 2) maps of x ([..., 0]) and y.
 
-    Pipeline per chunk of pairs (about 4 MiB of responses, transformed in place), chunks spread
-    over ``torch.get_num_threads()`` threads: x and y travel as one
+    Pipeline per chunk of pairs (about 4 MiB of responses), chunks spread over
+    ``torch.get_num_threads()`` threads: x and y travel as one
     complex image ``z = x + i y`` (one forward FFT gives both spectra); each log-Gabor filter G is
     split into its even part Gs and odd part Ga, and since the images are real
     ``ifft(Fz Gs) = e_x + i e_y`` and ``ifft(Fz Ga / i) = o_x + i o_y``: the 2 x 16 inverse FFTs
@@ -767,30 +747,26 @@ def _fsim_pairs(
     if n <= step * nt:
         step = max(1, -(-n // nt))
 
-    lap = _StageClock(stages)
+    clock = StageClock(stages)
 
     def work(i0: int) -> None:
         i1 = min(n, i0 + step)
         b = i1 - i0
-        t = lap.start()
         # per-thread buffers sized for a full chunk; the last, shorter chunk uses a prefix
         z = _scratch("z", (step, h, w), np.dtype(cdt))[:b]
-        _nb_interleave(x[i0:i1].reshape(b, -1), y[i0:i1].reshape(b, -1), z.view(nd).reshape(b, -1))
-        t = lap("pack", t)
-        fz = _fft2(z, inverse=False)
-        t = lap("transforms", t)
+        clock("pack", _nb_interleave, x[i0:i1].reshape(b, -1), y[i0:i1].reshape(b, -1), z.view(nd).reshape(b, -1))
+        fz = clock("transforms", _fft2, z, inverse=False)
         resp = _scratch("resp", (step, 2 * nf, h, w), np.dtype(cdt))[:b]
-        _nb_spectra(fz.view(nd).reshape(b, -1), pcf.sym2, pcf.anti2, resp.view(nd).reshape(b, 2 * nf, -1))
-        t = lap("spectra", t)
-        resp = _fft2(resp, inverse=True)
-        t = lap("transforms", t)
+        clock("spectra", _nb_spectra, fz.view(nd).reshape(b, -1), pcf.sym2, pcf.anti2,
+              resp.view(nd).reshape(b, 2 * nf, -1))
+        resp = clock("transforms", _fft2, resp, inverse=True)
         an0 = _scratch("an0", (_FSIM_ORIENTATIONS, 2 * h * w), np.dtype(nd))
-        _nb_fsim_chunk(
+        clock(
+            "phase congruency", _nb_fsim_chunk,
             resp.view(nd).reshape(b, 2 * nf, -1), x[i0:i1], y[i0:i1], pcf.alpha, pcf.eps, t1, t2,
             an0, an0.view(kdt), shift, np.zeros(nbins, np.int32), np.zeros(nbins, np.int32),
             out[i0:i1], pcs[i0:i1] if keep_pc else pcs, keep_pc,
         )
-        lap("phase congruency", t)
 
     starts = list(range(0, n, step))
     if nt > 1 and len(starts) > 1:
